@@ -1,0 +1,388 @@
+"""Self-attentive spatio-temporal calibration (SPEC §3) and its baselines (SPEC §4).
+
+Shapes: B = calibration (per-device) batch, T = time steps, S = student taps,
+K = teacher taps, d = attention embedding size (B // 4 by default).
+
+- student taps ``F_s[i]``: ``(T, B, H_i, W_i, C_i)``;
+- teacher taps ``F_a[j]``: ``(B, H_j, W_j, C_j)``, treated as constants.
+
+Methods:
+
+- ``sastc``: attention over teacher taps per sample, time step and student tap;
+- ``spatial``: the same without a time index (student taps averaged over T
+  first, so the attention has a time axis of length 1);
+- ``layerwise``: fixed pairs i <-> i with weight 1 at every step (needs S == K).
+
+The notebook entry points are :func:`init_calibration` and :func:`calibration_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+METHODS = ("sastc", "spatial", "layerwise")
+
+
+def adaptive_pool(x: Array, out_hw: tuple[int, int], reduce: str) -> Array:
+    """Adaptive max/avg pooling of ``(N, H, W, C)`` to ``(N, *out_hw, C)``.
+
+    Bins follow PyTorch's adaptive pooling: ``[floor(k*H/out), ceil((k+1)*H/out))``.
+    Integer ratios (the normal case) reduce to one reshape and one reduction.
+    """
+    reducer = {"max": jnp.max, "avg": jnp.mean}[reduce]
+    (h, w), (out_h, out_w) = x.shape[1:3], out_hw
+    if (h, w) == (out_h, out_w):
+        return x
+    if h % out_h == 0 and w % out_w == 0:
+        n, c = x.shape[0], x.shape[-1]
+        blocks = x.reshape(n, out_h, h // out_h, out_w, w // out_w, c)
+        return reducer(blocks, axis=(2, 4))
+
+    def bins(size, out):
+        return [(k * size // out, -(-(k + 1) * size // out)) for k in range(out)]
+
+    rows = [
+        jnp.stack([reducer(x[:, r0:r1, c0:c1], axis=(1, 2)) for c0, c1 in bins(w, out_w)], 1)
+        for r0, r1 in bins(h, out_h)
+    ]
+    return jnp.stack(rows, axis=1)
+
+
+def align_pair(student: Array, teacher: Array) -> tuple[Array, Array]:
+    """Bring one (student, teacher) pair to the same spatial size (SPEC §3.4).
+
+    ``student`` is ``(N, H_i, W_i, C_i)`` (N = T*B), ``teacher`` ``(B, H_j, W_j, C_j)``.
+    A larger student map is max-pooled down to the teacher's size; otherwise the
+    teacher map is average-pooled down to the student's size.
+    """
+    if student.shape[1] > teacher.shape[1]:
+        return adaptive_pool(student, teacher.shape[1:3], "max"), teacher
+    return student, adaptive_pool(teacher, student.shape[1:3], "avg")
+
+
+def similarity(features: Array) -> Array:
+    """Unnormalised batch similarity ``A A^T`` over the last three axes.
+
+    ``(..., B, H, W, C)`` -> ``(..., B, B)``.
+    """
+    flat = features.reshape(*features.shape[:-3], -1)
+    return jnp.einsum("...bf,...cf->...bc", flat, flat)
+
+
+class EmbeddingMLP(nn.Module):
+    """Embeds similarity rows: dense(B -> 2d), ReLU, dense(2d -> d), L2-normalise."""
+
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, rows: Array) -> Array:
+        hidden = nn.relu(nn.Dense(2 * self.embed_dim, name="hidden")(rows))
+        embedding = nn.Dense(self.embed_dim, name="out")(hidden)
+        # x / max(|x|, 1e-12) with a finite gradient at x = 0: a sample whose spike map
+        # is all zero has a zero similarity row, hence a zero embedding.
+        squared_norm = jnp.sum(embedding * embedding, axis=-1, keepdims=True)
+        return embedding * jax.lax.rsqrt(jnp.maximum(squared_norm, 1e-24))
+
+
+class TimeStepBatchNorm(nn.Module):
+    """Batch norm of ``(T, B, H, W, C)`` with each time step's own batch statistics.
+
+    Scale and bias are shared over time; the statistics are reduced over (B, H, W)
+    separately for every t, as the release does by calling the regressor once per
+    step. There are no running averages: the calibration module only ever runs
+    in training mode (it is not used at inference).
+    """
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        stats_input = x.astype(jnp.float32)
+        mean = jnp.mean(stats_input, axis=(1, 2, 3), keepdims=True)
+        var = jnp.var(stats_input, axis=(1, 2, 3), keepdims=True)
+        normed = (stats_input - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (normed * scale + bias).astype(x.dtype)
+
+
+class Regressor(nn.Module):
+    """conv3x3(C_i -> 2 C_j) -> BN -> ReLU -> conv1x1(2 C_j -> C_j), no biases.
+
+    Input ``(T, B, H, W, C_i)``; the convolutions run once on the merged T*B
+    batch, the batch norm per time step. Output ``(T, B, H, W, C_j)``.
+    """
+
+    out_channels: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        steps, batch = x.shape[:2]
+        merged = x.reshape(steps * batch, *x.shape[2:])
+        hidden = nn.Conv(
+            2 * self.out_channels, (3, 3), use_bias=False, dtype=self.dtype, name="conv3x3"
+        )(merged)
+        hidden = TimeStepBatchNorm(name="bn")(hidden.reshape(steps, batch, *hidden.shape[1:]))
+        hidden = nn.relu(hidden).reshape(steps * batch, *hidden.shape[2:])
+        out = nn.Conv(self.out_channels, (1, 1), use_bias=False, dtype=self.dtype, name="conv1x1")(
+            hidden
+        )
+        return out.reshape(steps, batch, *out.shape[1:])
+
+
+class Calibration(nn.Module):
+    """The SASTC module, built from tap shapes alone.
+
+    Attributes:
+      student_shapes: per student tap ``(H, W, C)``.
+      teacher_shapes: per teacher tap ``(H, W, C)``.
+      batch_size: the calibration batch B (MLP input size); every call must use it.
+      method: ``'sastc'``, ``'spatial'`` or ``'layerwise'``.
+      embed_dim: d; ``None`` means ``batch_size // 4``.
+      dtype: compute dtype of the regressor convolutions.
+
+    ``__call__(student_taps, teacher_taps)`` returns ``(loss, attention)`` with
+    attention ``(T', B, S, K)``; T' = T for ``sastc``/``layerwise``, 1 for ``spatial``.
+    """
+
+    student_shapes: Sequence[tuple[int, int, int]]
+    teacher_shapes: Sequence[tuple[int, int, int]]
+    batch_size: int
+    method: str = "sastc"
+    embed_dim: int | None = None
+    dtype: jnp.dtype = jnp.float32
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The (student, teacher) tap pairs that get a regressor."""
+        if self.method == "layerwise":
+            return [(i, i) for i in range(len(self.student_shapes))]
+        return [
+            (i, j) for i in range(len(self.student_shapes)) for j in range(len(self.teacher_shapes))
+        ]
+
+    def setup(self):
+        validate_calibration(
+            self.student_shapes, self.teacher_shapes, self.batch_size, self.method, self.embed_dim
+        )
+        embed_dim = self.embed_dim or self.batch_size // 4
+        if self.method != "layerwise":
+            self.query_mlps = [EmbeddingMLP(embed_dim) for _ in self.student_shapes]
+            self.key_mlps = [EmbeddingMLP(embed_dim) for _ in self.teacher_shapes]
+        self.regressors = {
+            f"{i}_{j}": Regressor(self.teacher_shapes[j][-1], dtype=self.dtype)
+            for i, j in self.pairs()
+        }
+
+    def attention(self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]) -> Array:
+        """Attention ``alpha`` of shape ``(T, B, S, K)``, softmax over the teacher axis."""
+        steps, batch = student_taps[0].shape[:2]
+        num_student, num_teacher = len(student_taps), len(teacher_taps)
+        if self.method == "layerwise":
+            eye = jnp.eye(num_student, num_teacher, dtype=jnp.float32)
+            return jnp.broadcast_to(eye, (steps, batch, num_student, num_teacher))
+        queries = jnp.stack(
+            [
+                mlp(similarity(tap.astype(jnp.float32)))
+                for mlp, tap in zip(self.query_mlps, student_taps, strict=True)
+            ],
+            axis=2,
+        )  # (T, B, S, d)
+        keys = jnp.stack(
+            [
+                mlp(similarity(tap.astype(jnp.float32)))
+                for mlp, tap in zip(self.key_mlps, teacher_taps, strict=True)
+            ],
+            axis=1,
+        )  # (B, K, d)
+        logits = jnp.einsum("tbsd,bkd->tbsk", queries, keys)
+        return jax.nn.softmax(logits, axis=-1)
+
+    def pair_errors(self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]) -> Array:
+        """Per-pair regression error ``mean_{h,w,c}(R_ij(P(F_s[i])) - P'(F_a[j]))^2``.
+
+        Returns ``(T, B, S, K)``; pairs without a regressor (layerwise off-diagonal) are 0.
+        """
+        steps, batch = student_taps[0].shape[:2]
+        errors = jnp.zeros((steps, batch, len(student_taps), len(teacher_taps)), jnp.float32)
+        for i, j in self.pairs():
+            student = student_taps[i].reshape(steps * batch, *student_taps[i].shape[2:])
+            student, teacher = align_pair(student, teacher_taps[j])
+            regressed = self.regressors[f"{i}_{j}"](
+                student.reshape(steps, batch, *student.shape[1:])
+            )
+            diff = regressed.astype(jnp.float32) - teacher.astype(jnp.float32)[None]
+            errors = errors.at[:, :, i, j].set(jnp.mean(diff * diff, axis=(2, 3, 4)))
+        return errors
+
+    def __call__(
+        self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]
+    ) -> tuple[Array, Array]:
+        check_taps(
+            student_taps, teacher_taps, self.student_shapes, self.teacher_shapes, self.batch_size
+        )
+        teacher_taps = [jax.lax.stop_gradient(tap) for tap in teacher_taps]
+        if self.method == "spatial":
+            student_taps = [jnp.mean(tap, axis=0, keepdims=True) for tap in student_taps]
+        attention = self.attention(student_taps, teacher_taps)
+        errors = self.pair_errors(student_taps, teacher_taps)
+        steps, batch, num_student = attention.shape[:3]
+        loss = jnp.sum(attention * errors) / (batch * steps * num_student)
+        return loss, attention
+
+
+def validate_calibration(
+    student_shapes, teacher_shapes, batch_size: int, method: str, embed_dim: int | None
+) -> None:
+    """Raise ``ValueError`` for a calibration set-up the method cannot run."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown calibration method {method!r}; choose one of {METHODS}.")
+    if not student_shapes or not teacher_shapes:
+        raise ValueError(
+            "Calibration needs at least one student tap and one teacher tap; "
+            f"got {len(student_shapes)} student and {len(teacher_shapes)} teacher."
+        )
+    if method == "layerwise" and len(student_shapes) != len(teacher_shapes):
+        raise ValueError(
+            "The 'layerwise' baseline pairs student tap i with teacher tap i, so it needs "
+            f"as many student taps as teacher taps; got S={len(student_shapes)}, "
+            f"K={len(teacher_shapes)}. Use method 'sastc' or 'spatial', or models with equal "
+            "tap counts."
+        )
+    if method != "layerwise" and embed_dim is None and batch_size < 4:
+        raise ValueError(
+            f"The calibration batch (per-device batch) is {batch_size}, but the attention "
+            "embedding d = B // 4 needs B >= 4. Use a per-device batch of at least 4 "
+            "(global batch >= 4 x device count) or set embed_dim explicitly."
+        )
+    if embed_dim is not None and embed_dim < 1:
+        raise ValueError(f"embed_dim must be >= 1; got {embed_dim}.")
+
+
+def check_taps(student_taps, teacher_taps, student_shapes, teacher_shapes, batch_size) -> None:
+    """Check tap ranks, counts, per-tap shapes and the batch against the module."""
+    if len(student_taps) != len(student_shapes) or len(teacher_taps) != len(teacher_shapes):
+        raise ValueError(
+            f"Calibration was built for {len(student_shapes)} student / {len(teacher_shapes)} "
+            f"teacher taps; got {len(student_taps)} / {len(teacher_taps)}."
+        )
+    for kind, taps, shapes, rank in (
+        ("student", student_taps, student_shapes, 5),
+        ("teacher", teacher_taps, teacher_shapes, 4),
+    ):
+        for index, (tap, shape) in enumerate(zip(taps, shapes, strict=True)):
+            if tap.ndim != rank or tuple(tap.shape[-3:]) != tuple(shape):
+                layout = "(T, B, H, W, C)" if rank == 5 else "(B, H, W, C)"
+                raise ValueError(
+                    f"{kind} tap {index} has shape {tap.shape}; expected "
+                    f"{layout} with (H, W, C) = {tuple(shape)}."
+                )
+            if tap.shape[-4] != batch_size:
+                raise ValueError(
+                    f"{kind} tap {index} has batch {tap.shape[-4]}, but the calibration MLPs "
+                    f"were built for batch {batch_size}. Every calibration batch must have the "
+                    "same size: drop the remainder in training."
+                )
+
+
+def _tap_shape(tap: Array) -> tuple[int, int, int]:
+    return tuple(int(size) for size in tap.shape[-3:])
+
+
+def calibration_module(
+    student_taps: Sequence[Array],
+    teacher_taps: Sequence[Array],
+    *,
+    method: str = "sastc",
+    embed_dim: int | None = None,
+    dtype: jnp.dtype = jnp.float32,
+) -> Calibration:
+    """The :class:`Calibration` module matching these taps (batch from the student taps)."""
+    return Calibration(
+        student_shapes=tuple(_tap_shape(tap) for tap in student_taps),
+        teacher_shapes=tuple(_tap_shape(tap) for tap in teacher_taps),
+        batch_size=int(student_taps[0].shape[1]),
+        method=method,
+        embed_dim=embed_dim,
+        dtype=dtype,
+    )
+
+
+def init_calibration(
+    rng: Array,
+    student_taps: Sequence[Array],
+    teacher_taps: Sequence[Array],
+    *,
+    method: str = "sastc",
+    embed_dim: int | None = None,
+) -> dict:
+    """Initialise the calibration variables for taps of these shapes.
+
+    Only shapes are read (``jax.ShapeDtypeStruct`` works too); returns ``{'params': ...}``.
+    """
+    module = calibration_module(student_taps, teacher_taps, method=method, embed_dim=embed_dim)
+    student = [jnp.zeros(tap.shape, jnp.float32) for tap in student_taps]
+    teacher = [jnp.zeros(tap.shape, jnp.float32) for tap in teacher_taps]
+    return module.init(rng, student, teacher)
+
+
+def calibration_loss(
+    variables: dict,
+    student_taps: Sequence[Array],
+    teacher_taps: Sequence[Array],
+    *,
+    method: str = "sastc",
+    embed_dim: int | None = None,
+    dtype: jnp.dtype = jnp.float32,
+) -> tuple[Array, Array]:
+    """The SASTC loss as a pure function.
+
+    Args:
+      variables: from :func:`init_calibration` (``{'params': ...}``).
+      student_taps: S arrays ``(T, B, H_i, W_i, C_i)``.
+      teacher_taps: K arrays ``(B, H_j, W_j, C_j)``; no gradient flows into them.
+      method: ``'sastc'`` | ``'spatial'`` | ``'layerwise'``.
+
+    Returns:
+      ``(loss, attention)``: the scalar ``L_sastc`` of SPEC §3.5 and the attention
+      ``(T, B, S, K)`` (``(1, B, S, K)`` for ``spatial``); rows sum to 1 for
+      ``sastc``/``spatial``. The regressor batch norms use batch statistics only,
+      so there is no state to update.
+    """
+    module = calibration_module(
+        student_taps, teacher_taps, method=method, embed_dim=embed_dim, dtype=dtype
+    )
+    return module.apply(variables, student_taps, teacher_taps)
+
+
+def regressor_macs(student_shapes, teacher_shapes, method: str = "sastc") -> int:
+    """Multiply-accumulates of all regressors for one image and one time step."""
+    module = Calibration(tuple(student_shapes), tuple(teacher_shapes), batch_size=4, method=method)
+    total = 0
+    for i, j in module.pairs():
+        (h_s, w_s, c_s), (h_t, w_t, c_t) = student_shapes[i], teacher_shapes[j]
+        area = min(h_s, h_t) * min(w_s, w_t)
+        total += area * (9 * c_s * 2 * c_t + 2 * c_t * c_t)
+    return total
+
+
+__all__ = [
+    "METHODS",
+    "Calibration",
+    "EmbeddingMLP",
+    "Regressor",
+    "TimeStepBatchNorm",
+    "adaptive_pool",
+    "align_pair",
+    "calibration_loss",
+    "calibration_module",
+    "init_calibration",
+    "regressor_macs",
+    "similarity",
+]

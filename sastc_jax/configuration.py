@@ -1,0 +1,168 @@
+"""The experiment configuration: defaults shared by every ``configs/*.py`` and validation.
+
+A config names the dataset, the teacher (architecture + checkpoint), the student,
+T, the neuron, the method, the loss weights, one optimiser block per stage, the
+batch, epochs, the eval/checkpoint cadence and the seed. Every field can be
+overridden on the command line as ``--config.a.b=value``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sastc_jax import losses, models, neurons
+
+STAGES = ("teacher", "distill", "all")
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("step", "cosine", "constant")
+DATASETS = ("cifar10", "cifar100", "imagenet2012", "fashion_mnist", "dvs_gesture", "cifar10_dvs")
+
+
+def optimizer_config(
+    *,
+    learning_rate: float,
+    epochs: int,
+    batch_size: int,
+    decay_epochs: tuple[int, ...] = (),
+    schedule: str = "step",
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    warmup_epochs: float = 0.0,
+) -> ml_collections.ConfigDict:
+    """One stage's optimiser: SGD + momentum + weight decay, step or cosine schedule.
+
+    ``batch_size`` is the GLOBAL batch (all devices of all processes).
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=False,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            decay_epochs=decay_epochs,
+            decay_factor=0.1,
+            warmup_epochs=warmup_epochs,
+            epochs=epochs,
+            batch_size=batch_size,
+        )
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults of the release's CIFAR-10 ResNet-19 -> ResNet-19 SASTC run (SPEC §5)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.stage = "all"  # 'teacher' | 'distill' | 'all'
+    config.dtype = "float32"  # compute dtype; 'bfloat16' for GPU/TPU runs
+
+    config.dataset = ml_collections.ConfigDict(
+        dict(
+            name="cifar10",
+            data_dir="",  # '' = the dataset's default location
+            source="auto",  # fashion_mnist: 'local' (Debian IDX files) or 'tfds'
+            image_size=0,  # DVS frame size; 0 = the dataset's default
+            augment=True,
+        )
+    )
+    config.time_steps = 2
+    config.neuron = ml_collections.ConfigDict(
+        dict(tau=0.5, v_threshold=1.0, surrogate="triangle", width=1.0)
+    )
+
+    config.teacher = ml_collections.ConfigDict(
+        dict(
+            model="resnet19_ann",
+            # '' = train it first (stage 'teacher') into WORKDIR/teacher/final.
+            checkpoint="",
+            model_kwargs=ml_collections.ConfigDict(),
+            optimizer=optimizer_config(
+                learning_rate=0.1, epochs=300, batch_size=128, decay_epochs=(150, 225)
+            ),
+        )
+    )
+    config.student = ml_collections.ConfigDict(
+        dict(
+            model="resnet19_snn",
+            model_kwargs=ml_collections.ConfigDict(),
+            optimizer=optimizer_config(
+                learning_rate=0.01, epochs=240, batch_size=64, decay_epochs=(150, 180, 210)
+            ),
+        )
+    )
+
+    config.method = "sastc"  # 'ce' | 'kd' | 'layerwise' | 'spatial' | 'sastc'
+    config.loss = ml_collections.ConfigDict(
+        dict(gamma=1.0, alpha_kd=1.0, beta=800.0, temperature=4.0)
+    )
+    config.calibration = ml_collections.ConfigDict(dict(embed_dim=0))  # 0 = B // 4
+
+    config.eval_every_epochs = 1
+    config.checkpoint_every_steps = 500
+    config.keep_checkpoints = 3
+    config.log_every_steps = 50
+    # 0 = whole epochs; a positive value cuts every epoch short (smoke tests only).
+    config.max_steps_per_epoch = 0
+    return config
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    """Raise ``ValueError`` naming the field, the value and what is allowed."""
+
+    def choice(field: str, value, allowed) -> None:
+        if value not in allowed:
+            raise ValueError(
+                f"config.{field} = {value!r} is not supported; "
+                f"allowed: {', '.join(map(str, allowed))}."
+            )
+
+    choice("stage", config.stage, STAGES)
+    choice("dtype", config.dtype, DTYPES)
+    choice("method", config.method, losses.METHODS)
+    choice("dataset.name", config.dataset.name, DATASETS)
+    choice("teacher.model", config.teacher.model, models.list_models())
+    choice("student.model", config.student.model, models.list_models())
+    if models.is_spiking(config.teacher.model):
+        raise ValueError(
+            f"config.teacher.model = {config.teacher.model!r} is a spiking "
+            "model; the teacher must be an ANN (a *_ann model)."
+        )
+    if not models.is_spiking(config.student.model):
+        raise ValueError(
+            f"config.student.model = {config.student.model!r} is an ANN; "
+            "the student must be a spiking model (a *_snn model)."
+        )
+    if config.time_steps < 1:
+        raise ValueError(f"config.time_steps = {config.time_steps}; an SNN needs T >= 1.")
+    neurons.LIFConfig(**config.neuron.to_dict())  # raises on a bad surrogate / tau / width
+    for stage in ("teacher", "student"):
+        optim = config[stage].optimizer
+        choice(f"{stage}.optimizer.schedule", optim.schedule, SCHEDULES)
+        if optim.epochs < 1 or optim.batch_size < 1 or optim.learning_rate <= 0:
+            raise ValueError(
+                f"config.{stage}.optimizer needs epochs >= 1, batch_size >= 1 and "
+                f"learning_rate > 0; got epochs={optim.epochs}, "
+                f"batch_size={optim.batch_size}, lr={optim.learning_rate}."
+            )
+        if device_count and optim.batch_size % device_count:
+            raise ValueError(
+                f"config.{stage}.optimizer.batch_size = {optim.batch_size} does not divide by "
+                f"the {device_count} devices of this run; use a multiple of {device_count}."
+            )
+    if device_count and config.method in losses.CALIBRATED_METHODS:
+        per_device = config.student.optimizer.batch_size // device_count
+        if per_device < 4 and not config.calibration.embed_dim:
+            raise ValueError(
+                f"The calibration batch is the per-device batch: "
+                f"{config.student.optimizer.batch_size} / {device_count} devices = "
+                f"{per_device}, but SASTC needs at least 4 (d = B // 4). Raise "
+                "config.student.optimizer.batch_size or set config.calibration.embed_dim."
+            )
+    for field in (
+        "eval_every_epochs",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "log_every_steps",
+    ):
+        if config[field] < 1:
+            raise ValueError(f"config.{field} = {config[field]} must be >= 1.")

@@ -1,0 +1,161 @@
+"""Input pipelines: one call from (dataset, split, per-host batch, T, seed) to batches.
+
+    ds = get_dataset('cifar10', 'train', batch_size=128, train=True, data_dir=...)
+    for batch in ds.epoch(epoch):   # {'image': f32 (B, *ds.input_shape), 'label': i32 (B,),
+        ...                         #  'mask': bool (B,)}
+
+Datasets: 'cifar10', 'cifar100', 'imagenet2012' (TFDS, ArrayRecord, never downloaded),
+'fashion_mnist' (Debian IDX files by default, or TFDS), 'dvs_gesture' and 'cifar10_dvs'
+(tonic, `dvs` extra; T event frames per example, cached on disk).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sastc_jax.data.errors import DatasetNotFoundError
+from sastc_jax.data.pipeline import BatchLoader, Dataset
+
+NUM_CLASSES = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "imagenet2012": 1000,
+    "fashion_mnist": 10,
+    "dvs_gesture": 11,
+    "cifar10_dvs": 10,
+}
+DATASET_NAMES = tuple(NUM_CLASSES)
+SPLITS = ("train", "test")
+
+__all__ = [
+    "DATASET_NAMES",
+    "NUM_CLASSES",
+    "BatchLoader",
+    "Dataset",
+    "DatasetNotFoundError",
+    "get_dataset",
+]
+
+
+def _default_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def get_dataset(
+    name: str,
+    split: str,
+    *,
+    batch_size: int,
+    time_steps: int = 1,
+    seed: int = 0,
+    train: bool,
+    data_dir: str | None = None,
+    source: str = "auto",
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_devices: int | None = None,
+    augment: bool = True,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+    max_shift: int | None = None,
+    flip: bool | None = None,
+    num_threads: int | None = None,
+    prefetch: int | None = None,
+) -> Dataset:
+    """One split of a dataset, sharded for this host, ready to iterate epoch by epoch.
+
+    Args:
+      name: one of DATASET_NAMES.
+      split: 'train' or 'test' ('test' is ImageNet's validation split).
+      batch_size: per-host batch (global batch / process_count); must divide by num_devices.
+      time_steps: T, the number of event frames of DVS datasets (>= 1); ignored otherwise
+        (static images are repeated over T by the model).
+      seed: shuffling and augmentation seed; epoch e's order depends only on (seed, e).
+      train: True shuffles every epoch, augments (if `augment`) and drops the last
+        incomplete batch; False keeps the split order and pads the last batch (mask False).
+      data_dir: TFDS data_dir; tonic's save_to root for DVS; the IDX directory for
+        fashion_mnist's local source (default /usr/share/datasets/fashion-mnist).
+      source: fashion_mnist only: 'local' (IDX files), 'tfds', or 'auto' (= 'local').
+      process_index, process_count: this host and the host count (default: jax's).
+      num_devices: local devices the batch is split over (default jax.local_device_count()).
+      augment: train-time augmentation on/off.
+      image_size: DVS frame size (default 48 for cifar10_dvs, 128 for dvs_gesture).
+      cache_dir: where framed DVS splits are cached (default <data_dir>/sastc_frames).
+      max_shift: DVS roll range in pixels (default image_size // 12).
+      flip: DVS horizontal flip (default on for cifar10_dvs, off for dvs_gesture).
+      num_threads: grain threads preparing batches ahead (default min(8, cpus)).
+      prefetch: batches prepared ahead (default num_threads).
+
+    Raises:
+      ValueError for bad arguments, DatasetNotFoundError (a FileNotFoundError) for data
+      that is not on disk, ImportError for a missing optional package; each message names
+      the problem and the fix.
+    """
+    if name not in NUM_CLASSES:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r} for {name}; choose 'train' or 'test'.")
+    if source != "auto" and name != "fashion_mnist":
+        raise ValueError(f"source= selects the Fashion-MNIST reader only; {name} takes 'auto'.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if process_index is None or process_count is None or num_devices is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+        num_devices = jax.local_device_count() if num_devices is None else num_devices
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index must be in [0, process_count); got {process_index} of {process_count}."
+        )
+    if num_devices < 1 or batch_size % num_devices:
+        raise ValueError(
+            f"Per-host batch_size {batch_size} does not divide by the {num_devices} local "
+            f"devices; use a multiple of {num_devices} (global batch = per-host batch x "
+            f"{process_count} hosts)."
+        )
+    threads = _default_threads() if num_threads is None else num_threads
+    if threads < 0:
+        raise ValueError(f"num_threads must be >= 0, got {threads}.")
+
+    if name in ("cifar10", "cifar100"):
+        from sastc_jax.data.static import cifar_loader
+
+        loader = cifar_loader(name, split, data_dir)
+    elif name == "imagenet2012":
+        from sastc_jax.data.static import imagenet_loader
+
+        loader = imagenet_loader(split, data_dir)
+    elif name == "fashion_mnist":
+        from sastc_jax.data.static import fashion_mnist_loader
+
+        loader = fashion_mnist_loader(split, data_dir, source)
+    else:
+        from sastc_jax.data.dvs import dvs_loader
+
+        loader = dvs_loader(
+            name,
+            split,
+            data_dir,
+            time_steps,
+            image_size,
+            cache_dir,
+            max_shift,
+            flip,
+            num_threads=max(1, threads),
+        )
+    return Dataset(
+        loader,
+        name=name,
+        split=split,
+        num_classes=NUM_CLASSES[name],
+        batch_size=batch_size,
+        seed=seed,
+        train=train,
+        augment=augment,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=threads,
+        prefetch=threads if prefetch is None else prefetch,
+    )

@@ -1,0 +1,73 @@
+"""The model zoo: spiking students and ANN teachers, by registry name (SPEC §2).
+
+Usage::
+
+    model = get_model("resnet19_snn", num_classes=10, time_steps=2)
+    variables = model.init(key, images)  # 'params' and 'batch_stats'
+    logits, mutated = model.apply(
+        variables, images, train=True, mutable=["batch_stats", "intermediates"]
+    )
+    taps = get_taps(mutated)  # stage outputs in depth order
+
+Pass ``variables`` without an ``'intermediates'`` entry: ``sow`` appends to
+whatever is already there, so feeding the mutated taps back in would repeat them.
+
+Registered names: ``resnet19_snn``, ``resnet18_snn``, ``resnet34_snn``,
+``vgg11_snn``, ``convnet_snn`` (students); ``resnet19_ann``, ``resnet18_ann``,
+``resnet34_ann``, ``wrn28_4_ann``, ``pyramidnet20_ann``, ``vgg11_ann``,
+``convnet_ann`` (teachers).
+"""
+
+from sastc_jax.models.ann import (
+    VGG11,
+    ConvNet,
+    PyramidNet,
+    PyramidNet20,
+    ResNet,
+    ResNet18,
+    ResNet19,
+    ResNet34,
+    WideResNet,
+    WideResNet28x4,
+)
+from sastc_jax.models.registry import (
+    get_model,
+    get_model_class,
+    get_taps,
+    is_spiking,
+    list_models,
+    register,
+)
+from sastc_jax.models.snn import (
+    SpikingConvNet,
+    SpikingResNet,
+    SpikingResNet18,
+    SpikingResNet19,
+    SpikingResNet34,
+    SpikingVGG11,
+)
+
+__all__ = [
+    "VGG11",
+    "ConvNet",
+    "PyramidNet",
+    "PyramidNet20",
+    "ResNet",
+    "ResNet18",
+    "ResNet19",
+    "ResNet34",
+    "SpikingConvNet",
+    "SpikingResNet",
+    "SpikingResNet18",
+    "SpikingResNet19",
+    "SpikingResNet34",
+    "SpikingVGG11",
+    "WideResNet",
+    "WideResNet28x4",
+    "get_model",
+    "get_model_class",
+    "get_taps",
+    "is_spiking",
+    "list_models",
+    "register",
+]

@@ -1,0 +1,244 @@
+"""Flax building blocks shared by the model zoo (SPEC §1, §2).
+
+Layout conventions:
+
+- ANN activations are ``(B, H, W, C)``.
+- SNN activations are time-major ``(T, B, H, W, C)``. Stateless layers (conv,
+  batch norm, pooling) run once on the merged ``(T*B, ...)`` batch; only the
+  elementwise LIF update is scanned over T (:class:`LIF`).
+
+The helpers here accept any number of leading batch dimensions and merge them
+for the duration of the call, so the same layer serves both layouts.
+
+Initialisation follows the PyTorch reference models: convolutions use Kaiming
+normal with fan-out (torchvision ResNet), dense layers PyTorch's ``nn.Linear``
+default (uniform with variance ``1 / (3 fan_in)``) and a zero bias. Parameters
+are always float32; ``dtype`` is only the compute dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sastc_jax.neurons import LIFConfig, lif
+
+Array = jax.Array
+Dtype = Any
+
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def merge_time(x: Array) -> Array:
+    """``(T, B, ...) -> (T*B, ...)``."""
+    return x.reshape((x.shape[0] * x.shape[1], *x.shape[2:]))
+
+
+def split_time(x: Array, time_steps: int) -> Array:
+    """``(T*B, ...) -> (T, B, ...)``."""
+    if x.shape[0] % time_steps:
+        raise ValueError(f"Leading dim {x.shape[0]} is not a multiple of T={time_steps}.")
+    return x.reshape((time_steps, x.shape[0] // time_steps, *x.shape[1:]))
+
+
+def apply_merged(fn: Callable[[Array], Array], x: Array) -> Array:
+    """Apply a stateless per-sample layer to a time-major ``(T, B, ...)`` array.
+
+    ``fn`` sees one merged ``(T*B, ...)`` batch (one conv / BN call for all time
+    steps); its output is split back to ``(T, B, ...)``.
+    """
+    return split_time(fn(merge_time(x)), x.shape[0])
+
+
+def apply_on_images(fn: Callable[[Array], Array], x: Array) -> Array:
+    """Apply ``fn`` written for ``(N, H, W, C)`` to ``(..., H, W, C)``, merging the leading dims."""
+    if x.ndim < 4:
+        raise ValueError(f"Expected (..., N, H, W, C) feature maps; got shape {x.shape}.")
+    leading = x.shape[:-3]
+    y = fn(x.reshape((-1, *x.shape[-3:])))
+    return y.reshape((*leading, *y.shape[1:]))
+
+
+# ---------------------------------------------------------------------- input handling
+
+
+def check_time_steps(time_steps: int) -> None:
+    """Raise unless ``time_steps`` is a positive integer."""
+    if not isinstance(time_steps, int) or time_steps < 1:
+        raise ValueError(f"time_steps must be a positive int; got {time_steps!r}.")
+
+
+def spiking_input(x: Array, time_steps: int) -> tuple[Array, bool]:
+    """Validate an SNN input and bring it to the layout the encoder expects.
+
+    Returns ``(x, is_static)``:
+
+    - a static image batch ``(B, H, W, C)`` comes back unchanged with
+      ``is_static=True`` (direct encoding: the caller repeats it over T);
+    - event frames ``(B, T, H, W, C)`` (batch-major, as data loaders deliver
+      them) come back time-major ``(T, B, H, W, C)`` with ``is_static=False``.
+    """
+    check_time_steps(time_steps)
+    if x.ndim == 4:
+        return x, True
+    if x.ndim == 5:
+        if x.shape[1] != time_steps:
+            raise ValueError(
+                f"Event-frame input has T={x.shape[1]} frames (shape {x.shape}, layout "
+                f"(B, T, H, W, C)) but the model has time_steps={time_steps}."
+            )
+        return jnp.swapaxes(x, 0, 1), False
+    raise ValueError(
+        "SNN input must be images (B, H, W, C) or event frames (B, T, H, W, C); "
+        f"got shape {x.shape}."
+    )
+
+
+def repeat_over_time(x: Array, time_steps: int) -> Array:
+    """``(B, ...) -> (T, B, ...)`` by broadcasting (direct encoding)."""
+    return jnp.broadcast_to(x[None], (time_steps, *x.shape))
+
+
+def ann_input(x: Array) -> Array:
+    """Validate an ANN input; event frames ``(B, T, H, W, C)`` are averaged over T."""
+    if x.ndim == 5:
+        return jnp.mean(x, axis=1)
+    if x.ndim == 4:
+        return x
+    raise ValueError(
+        "ANN input must be images (B, H, W, C) or event frames (B, T, H, W, C); "
+        f"got shape {x.shape}."
+    )
+
+
+# ------------------------------------------------------------------------ layers
+
+
+def conv(
+    features: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    *,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
+    """Bias-free square conv with PyTorch-style symmetric padding ``kernel_size // 2``.
+
+    Explicit padding (not ``'SAME'``) keeps strided convs aligned with the
+    PyTorch reference on even inputs.
+    """
+    pad = kernel_size // 2
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=conv_kernel_init,
+        name=name,
+    )
+
+
+def batch_norm(train: bool, *, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.BatchNorm:
+    """BatchNorm with PyTorch defaults (momentum 0.1 in PyTorch terms, eps 1e-5).
+
+    Batch statistics are per device (no ``axis_name``); the trainer averages
+    ``batch_stats`` across devices explicitly.
+    """
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def dense(features: int, *, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
+    """Dense layer with bias, PyTorch ``nn.Linear`` kernel init, zero bias."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=dense_kernel_init,
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+class ConvBN(nn.Module):
+    """Bias-free conv followed by batch norm, on ``(..., H, W, C)``.
+
+    All leading dims are merged into one batch, so a time-major SNN activation
+    ``(T, B, H, W, C)`` is convolved and normalised over the merged T*B batch.
+    """
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        def conv_bn(images: Array) -> Array:
+            y = conv(self.features, self.kernel_size, self.stride, dtype=self.dtype, name="conv")(
+                images
+            )
+            return batch_norm(train, dtype=self.dtype, name="bn")(y)
+
+        return apply_on_images(conv_bn, x)
+
+
+class LIF(nn.Module):
+    """LIF neurons on a time-major current ``(T, ...)``; spikes keep its shape and dtype."""
+
+    config: LIFConfig = LIFConfig()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return lif(x, self.config)
+
+
+# ----------------------------------------------------------------------- pooling
+
+
+def max_pool(x: Array, window: int, stride: int, padding: int = 0) -> Array:
+    """Square max-pool on ``(..., H, W, C)``, padding with -inf (PyTorch ``MaxPool2d``)."""
+    pads = ((padding, padding), (padding, padding))
+    return apply_on_images(
+        lambda y: nn.max_pool(y, (window, window), (stride, stride), padding=pads), x
+    )
+
+
+def avg_pool(x: Array, window: int = 2, *, ceil_mode: bool = False) -> Array:
+    """Non-overlapping square average pool on ``(..., H, W, C)``.
+
+    With ``ceil_mode=False`` odd borders are dropped (PyTorch ``AvgPool2d``
+    default); with ``ceil_mode=True`` the partial border window is kept and
+    averages only its valid entries (PyTorch ``ceil_mode=True``).
+    """
+    h, w = x.shape[-3], x.shape[-2]
+    pads = ((0, -h % window), (0, -w % window)) if ceil_mode else ((0, 0), (0, 0))
+    pooled = apply_on_images(
+        lambda y: nn.avg_pool(
+            y, (window, window), (window, window), padding=pads, count_include_pad=False
+        ),
+        x,
+    )
+    return pooled.astype(x.dtype)  # the valid-entry count is float32; keep the compute dtype
+
+
+def global_avg_pool(x: Array) -> Array:
+    """``(..., H, W, C) -> (..., C)``: mean over the spatial axes."""
+    return jnp.mean(x, axis=(-3, -2))

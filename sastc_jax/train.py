@@ -1,0 +1,685 @@
+"""Training and evaluation: the data-parallel steps and the loop of one stage.
+
+Two stages share one loop:
+
+- ``teacher``: the ANN trained with cross-entropy;
+- ``distill``: the SNN student trained with ``config.method`` against the frozen
+  teacher (inference mode, no gradient, no optimiser state).
+
+Every step is a per-device function over the local batch, compiled as
+``jax.jit(jax.shard_map(...))`` over a 1-D mesh of all devices; gradients of all
+trainable parameters (student and calibration module) are averaged with
+``pmean`` over ``'batch'``. The per-device batch is the calibration batch: the
+similarity matrices and the attention use that many samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from sastc_jax import calibration, checkpointing, data, losses, metrics, models, neurons, parallel
+from sastc_jax.parallel import AXIS
+
+Array = jax.Array
+Objective = Callable[..., tuple[Array, tuple[dict[str, Array], Any]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Replicated parameters and optimiser state; ``batch_stats`` has a leading
+    per-device axis (sharded over ``'batch'``) while training."""
+
+    step: Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+STATE_SPECS = TrainState(step=P(), params=P(), batch_stats=P(AXIS), opt_state=P())
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """SGD with momentum and coupled weight decay (as PyTorch's SGD) and its schedule."""
+    total_steps = optim.epochs * steps_per_epoch
+    warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
+    if optim.schedule == "step":
+        boundaries = {
+            int(epoch * steps_per_epoch): optim.decay_factor for epoch in optim.decay_epochs
+        }
+        main = optax.piecewise_constant_schedule(optim.learning_rate, boundaries)
+    elif optim.schedule == "cosine":
+        main = optax.cosine_decay_schedule(optim.learning_rate, max(total_steps - warmup_steps, 1))
+    else:
+        main = optax.constant_schedule(optim.learning_rate)
+    if warmup_steps:
+        warmup = optax.linear_schedule(0.0, optim.learning_rate, warmup_steps)
+        schedule = optax.join_schedules([warmup, main], [warmup_steps])
+    else:
+        schedule = main
+    tx = optax.chain(
+        optax.add_decayed_weights(optim.weight_decay),
+        optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov),
+    )
+    return tx, schedule
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+def teacher_objective(model: flax.linen.Module) -> Objective:
+    """Cross-entropy of an ANN. ``(params, batch_stats, frozen, batch) -> (loss, aux)``."""
+
+    def objective(params, batch_stats, frozen, batch):
+        del frozen
+        logits, mutated = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = losses.cross_entropy(logits[None], batch["label"])
+        parts = {"ce": loss, "loss": loss, "accuracy": accuracy(logits[None], batch["label"])}
+        return loss, (parts, mutated["batch_stats"])
+
+    return objective
+
+
+def student_objective(
+    student: flax.linen.Module,
+    teacher: flax.linen.Module | None,
+    calibrator: calibration.Calibration | None,
+    method: str,
+    weights: losses.LossWeights,
+) -> Objective:
+    """The distillation loss of ``method`` for the student's parameters.
+
+    ``params = {'student': ..., 'calibration': ...}`` (no 'calibration' for ce/kd);
+    ``frozen`` holds the teacher's variables (empty for ``ce``).
+    """
+
+    def objective(params, batch_stats, frozen, batch):
+        teacher_logits, teacher_taps = None, None
+        if method != "ce":
+            teacher_logits, teacher_vars = teacher.apply(
+                frozen, batch["image"], train=False, mutable=["intermediates"]
+            )
+            teacher_logits = jax.lax.stop_gradient(teacher_logits)
+            teacher_taps = jax.lax.stop_gradient(models.get_taps(teacher_vars))
+        logits, student_vars = student.apply(
+            {"params": params["student"], "batch_stats": batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats", "intermediates"],
+        )
+        calibration_loss = None
+        if calibrator is not None:
+            calibration_loss, _ = calibrator.apply(
+                {"params": params["calibration"]}, models.get_taps(student_vars), teacher_taps
+            )
+        loss, parts = losses.total_loss(
+            method,
+            logits,
+            batch["label"],
+            teacher_logits=teacher_logits,
+            calibration=calibration_loss,
+            weights=weights,
+        )
+        parts["accuracy"] = accuracy(logits, batch["label"])
+        return loss, (parts, student_vars["batch_stats"])
+
+    return objective
+
+
+def accuracy(logits: Array, labels: Array) -> Array:
+    """Top-1 accuracy of the time-mean logits ``(T, B, K)``."""
+    return jnp.mean(jnp.argmax(jnp.mean(logits, axis=0), axis=-1) == labels)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def make_train_step(
+    objective: Objective, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh
+) -> Callable:
+    """``step(state, frozen, batch) -> (state, metrics)``, jitted over the mesh.
+
+    ``frozen`` (teacher variables) is replicated and never differentiated; the
+    state buffers are donated.
+    """
+
+    def per_device(state: TrainState, frozen, batch):
+        batch_stats = jax.tree.map(lambda x: x[0], state.batch_stats)
+        # Differentiate a per-device copy of the parameters (marked as varying over the
+        # axis, so autodiff inserts no implicit psum), then average explicitly.
+        local_params = jax.lax.pcast(state.params, AXIS, to="varying")
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (_, (parts, new_stats)), grads = grad_fn(local_params, batch_stats, frozen, batch)
+        grads = jax.lax.pmean(grads, AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        parts = jax.lax.pmean(parts, AXIS)
+        parts["learning_rate"] = schedule(state.step)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            batch_stats=jax.tree.map(lambda x: x[None], new_stats),
+            opt_state=opt_state,
+        )
+        return new_state, parts
+
+    sharded = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(STATE_SPECS, P(), P(AXIS)), out_specs=(STATE_SPECS, P())
+    )
+    return jax.jit(sharded, donate_argnums=0)
+
+
+def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
+    """``eval_step(variables, batch) -> {'correct': (T,), 'count', 'loss_sum'}`` summed
+    over the whole mesh; masked (padding) examples count for nothing.
+
+    ``correct[t]`` counts hits of the mean logits over the first t+1 time steps.
+    """
+
+    def per_device(variables, batch):
+        logits = model.apply(variables, batch["image"], train=False)
+        if logits.ndim == 2:  # ANN: one "time step"
+            logits = logits[None]
+        logits = logits.astype(jnp.float32)
+        steps = jnp.arange(1, logits.shape[0] + 1, dtype=jnp.float32)[:, None, None]
+        cumulative = jnp.cumsum(logits, axis=0) / steps
+        mask = batch["mask"].astype(jnp.float32)
+        hits = (jnp.argmax(cumulative, axis=-1) == batch["label"]).astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(cumulative[-1], batch["label"])
+        sums = {
+            "correct": jnp.sum(hits * mask, axis=1),
+            "count": jnp.sum(mask),
+            "loss_sum": jnp.sum(nll * mask),
+        }
+        return jax.lax.psum(sums, AXIS)
+
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
+
+
+def evaluate(eval_step: Callable, variables, dataset, mesh) -> dict[str, Any]:
+    """Accuracy over the whole split, every example exactly once."""
+    totals = None
+    for batch in dataset.epoch(0):
+        sums = eval_step(variables, parallel.shard_batch(batch, mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    if count != dataset.num_examples:
+        raise RuntimeError(
+            f"Evaluation counted {count} examples but the split has "
+            f"{dataset.num_examples}; the eval pipeline dropped or repeated some."
+        )
+    per_step = [float(c) / count for c in totals["correct"]]
+    return {
+        "accuracy": per_step[-1],
+        "accuracy_per_t": per_step,
+        "loss": float(totals["loss_sum"]) / count,
+        "count": count,
+    }
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclasses.dataclass
+class Stage:
+    """Everything one stage needs: models, datasets, step functions and the state."""
+
+    name: str
+    model: flax.linen.Module
+    train_data: Any
+    eval_data: Any
+    optim: ml_collections.ConfigDict
+    state: TrainState
+    frozen: Any
+    train_step: Callable
+    eval_step: Callable
+    record: dict  # JSON facts stored with every checkpoint
+
+
+def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
+    """Train and test datasets for this process's share of a global batch."""
+    process_count = jax.process_count()
+    if global_batch % mesh.size:
+        raise ValueError(
+            f"The global batch {global_batch} does not divide by the {mesh.size} "
+            f"devices of this run; use a multiple of {mesh.size}."
+        )
+    common = dict(
+        batch_size=global_batch // process_count,
+        time_steps=config.time_steps,
+        seed=config.seed,
+        data_dir=config.dataset.data_dir or None,
+        source=config.dataset.source,
+        num_devices=jax.local_device_count(),
+        image_size=config.dataset.image_size or None,
+    )
+    train_data = data.get_dataset(
+        config.dataset.name, "train", train=True, augment=config.dataset.augment, **common
+    )
+    eval_data = data.get_dataset(config.dataset.name, "test", train=False, **common)
+    return train_data, eval_data
+
+
+def build_teacher(config, num_classes: int) -> flax.linen.Module:
+    return models.get_model(
+        config.teacher.model,
+        num_classes=num_classes,
+        dtype=compute_dtype(config),
+        **config.teacher.model_kwargs,
+    )
+
+
+def build_student(config, num_classes: int) -> flax.linen.Module:
+    return models.get_model(
+        config.student.model,
+        num_classes=num_classes,
+        time_steps=config.time_steps,
+        neuron=neurons.LIFConfig(**config.neuron.to_dict()),
+        dtype=compute_dtype(config),
+        **config.student.model_kwargs,
+    )
+
+
+def init_variables(model: flax.linen.Module, rng: Array, sample: np.ndarray, mesh) -> dict:
+    """Model variables, initialised once under jit and replicated on the mesh."""
+    init = jax.jit(
+        functools.partial(model.init, train=False), out_shardings=parallel.replicated(mesh)
+    )
+    return flax.core.unfreeze(init(rng, jnp.zeros(sample.shape, jnp.float32)))
+
+
+def new_state(params, batch_stats, tx, mesh) -> TrainState:
+    opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params)
+    return TrainState(
+        step=parallel.replicate(np.zeros((), np.int32), mesh),
+        params=params,
+        batch_stats=parallel.per_device_copies(batch_stats, mesh),
+        opt_state=opt_state,
+    )
+
+
+def teacher_stage(config, mesh) -> Stage:
+    optim = config.teacher.optimizer
+    train_data, eval_data = load_datasets(config, optim.batch_size, mesh)
+    model = build_teacher(config, train_data.num_classes)
+    sample = np.zeros((mesh.size, *train_data.input_shape), np.float32)
+    variables = init_variables(model, jax.random.key(config.seed), sample, mesh)
+    tx, schedule = make_optimizer(optim, steps_per_epoch(config, train_data))
+    return Stage(
+        name="teacher",
+        model=model,
+        train_data=train_data,
+        eval_data=eval_data,
+        optim=optim,
+        state=new_state(variables["params"], variables["batch_stats"], tx, mesh),
+        frozen={},
+        train_step=make_train_step(teacher_objective(model), tx, schedule, mesh),
+        eval_step=make_eval_step(model, mesh),
+        record={
+            "model": config.teacher.model,
+            "num_classes": train_data.num_classes,
+            "dataset": config.dataset.name,
+        },
+    )
+
+
+def teacher_checkpoint_dir(config, workdir: Path) -> Path:
+    return (
+        Path(config.teacher.checkpoint)
+        if config.teacher.checkpoint
+        else (workdir / "teacher" / "final")
+    )
+
+
+def distill_stage(config, mesh, workdir: Path) -> Stage:
+    optim = config.student.optimizer
+    train_data, eval_data = load_datasets(config, optim.batch_size, mesh)
+    num_classes = train_data.num_classes
+    student = build_student(config, num_classes)
+    rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
+    local_batch = parallel.local_batch_size(optim.batch_size, mesh)
+    sample = np.zeros((local_batch, *train_data.input_shape), np.float32)
+    variables = init_variables(student, rng_student, sample, mesh)
+    params = {"student": variables["params"]}
+
+    teacher, frozen, calibrator, teacher_record = None, {}, None, {}
+    if config.method != "ce":
+        teacher = build_teacher(config, num_classes)
+        teacher_vars, teacher_record = checkpointing.load_teacher(
+            teacher_checkpoint_dir(config, workdir),
+            model=config.teacher.model,
+            num_classes=num_classes,
+        )
+        frozen = parallel.replicate(teacher_vars, mesh)
+    if config.method in losses.CALIBRATED_METHODS:
+        student_taps = models.get_taps(
+            jax.eval_shape(
+                functools.partial(student.apply, train=False, mutable=["intermediates"]),
+                variables,
+                sample,
+            )[1]
+        )
+        teacher_taps = models.get_taps(
+            jax.eval_shape(
+                functools.partial(teacher.apply, train=False, mutable=["intermediates"]),
+                frozen,
+                sample,
+            )[1]
+        )
+        calibrator = calibration.calibration_module(
+            student_taps,
+            teacher_taps,
+            method=config.method,
+            embed_dim=config.calibration.embed_dim or None,
+            dtype=compute_dtype(config),
+        )
+        zeros = (
+            [jnp.zeros(t.shape, jnp.float32) for t in student_taps],
+            [jnp.zeros(t.shape, jnp.float32) for t in teacher_taps],
+        )
+        params["calibration"] = jax.jit(calibrator.init, out_shardings=parallel.replicated(mesh))(
+            rng_calibration, *zeros
+        )["params"]
+
+    weights = losses.LossWeights(**config.loss.to_dict())
+    tx, schedule = make_optimizer(optim, steps_per_epoch(config, train_data))
+    objective = student_objective(student, teacher, calibrator, config.method, weights)
+    return Stage(
+        name="student",
+        model=student,
+        train_data=train_data,
+        eval_data=eval_data,
+        optim=optim,
+        state=new_state(params, variables["batch_stats"], tx, mesh),
+        frozen=frozen,
+        train_step=make_train_step(objective, tx, schedule, mesh),
+        eval_step=make_eval_step(student, mesh),
+        record={
+            "model": config.student.model,
+            "num_classes": num_classes,
+            "dataset": config.dataset.name,
+            "method": config.method,
+            "teacher": teacher_record,
+        },
+    )
+
+
+def steps_per_epoch(config, dataset) -> int:
+    """Training steps per epoch, optionally cut short by ``config.max_steps_per_epoch``."""
+    steps = dataset.steps_per_epoch
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    if steps < 1:
+        raise ValueError(
+            f"The training split ({dataset.num_examples} examples) is too small "
+            "for one batch per host; lower the batch size."
+        )
+    return steps
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def synced(state: TrainState, mesh) -> TrainState:
+    """The state with batch statistics averaged across devices (before eval and saving)."""
+    mean_stats = parallel.average_copies(state.batch_stats, mesh)
+    return state.replace(batch_stats=parallel.per_device_copies(mean_stats, mesh))
+
+
+def portable(state: TrainState, mesh) -> TrainState:
+    """Replicated form saved to disk: batch statistics averaged, no device axis."""
+    return state.replace(batch_stats=parallel.average_copies(state.batch_stats, mesh))
+
+
+class SigtermFlag:
+    """Set by SIGTERM; the loop saves a checkpoint and stops at the next step."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(step: int, parts: dict[str, float], last_checkpoint: int | None) -> None:
+    if not all(np.isfinite(value) for value in parts.values()):
+        described = ", ".join(f"{name}={value:.6g}" for name, value in parts.items())
+        kept = (
+            f"the last good checkpoint (step {last_checkpoint}) is kept"
+            if last_checkpoint is not None
+            else "no checkpoint had been saved yet"
+        )
+        raise NonFiniteLossError(
+            f"Non-finite loss at step {step}: {described}; {kept}. "
+            "Lower the learning rate or the loss weights and rerun."
+        )
+
+
+def run_stage(
+    stage: Stage, config, workdir: Path, mesh, logger: metrics.MetricsLogger
+) -> dict[str, Any]:
+    """Train one stage to the end (resuming from its checkpoints), return its summary."""
+    steps = steps_per_epoch(config, stage.train_data)
+    total_steps = stage.optim.epochs * steps
+    ckpts = checkpointing.Checkpoints(workdir / stage.name, max_to_keep=config.keep_checkpoints)
+    state = stage.state
+    saved_step = ckpts.latest_step()
+    if saved_step is not None:
+        restored, _ = ckpts.restore(portable(state, mesh), saved_step)
+        state = restored.replace(batch_stats=parallel.per_device_copies(restored.batch_stats, mesh))
+        logger.info(f"[{stage.name}] resumed from step {saved_step} in {ckpts.directory}")
+    step = int(jax.device_get(state.step))
+    best = ckpts.best()
+    best_accuracy = best[1].get("accuracy") if best else None
+    last_eval = None
+    start = time.perf_counter()
+    images = 0
+
+    def save(state, eval_metrics=None):
+        nonlocal saved_step
+        ckpts.save(
+            step,
+            portable(state, mesh),
+            metadata={**stage.record, "step": step},
+            metrics=eval_metrics,
+            force=True,
+        )
+        saved_step = step
+
+    with SigtermFlag() as sigterm:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps)
+            progress = logger.progress(
+                total=steps,
+                initial=offset,
+                desc=f"{stage.name} epoch {epoch + 1}/{stage.optim.epochs}",
+            )
+            pending = None
+            epoch_start, epoch_images = time.perf_counter(), 0
+            for batch in stage.train_data.epoch(epoch, start_step=offset):
+                if step >= (epoch + 1) * steps:
+                    break
+                state, parts = stage.train_step(
+                    state, stage.frozen, parallel.shard_batch(batch, mesh)
+                )
+                step += 1
+                epoch_images += stage.optim.batch_size
+                # Read the previous step's metrics while this one runs.
+                if pending is not None:
+                    flush_metrics(
+                        pending,
+                        logger,
+                        stage.name,
+                        progress,
+                        epoch_images,
+                        epoch_start,
+                        saved_step,
+                        config.log_every_steps,
+                    )
+                pending = (step, epoch, parts)
+                if step % config.checkpoint_every_steps == 0 or sigterm.raised:
+                    flush_metrics(
+                        pending,
+                        logger,
+                        stage.name,
+                        progress,
+                        epoch_images,
+                        epoch_start,
+                        saved_step,
+                        config.log_every_steps,
+                    )
+                    pending = None
+                    state = synced(state, mesh)
+                    save(state)
+                if sigterm.raised:
+                    progress.close()
+                    ckpts.close()
+                    raise Preempted(
+                        f"SIGTERM at step {step}: checkpoint saved in "
+                        f"{ckpts.directory}; rerun the same command to resume."
+                    )
+            if pending is not None:
+                flush_metrics(
+                    pending,
+                    logger,
+                    stage.name,
+                    progress,
+                    epoch_images,
+                    epoch_start,
+                    saved_step,
+                    config.log_every_steps,
+                )
+            progress.close()
+            images += epoch_images
+            epoch_done = step // steps
+            if epoch_done % config.eval_every_epochs == 0 or step >= total_steps:
+                state = synced(state, mesh)
+                last_eval = evaluate(
+                    stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh
+                )
+                last_eval["epoch"] = epoch_done
+                logger.write({"stage": stage.name, "split": "test", "step": step, **last_eval})
+                if best_accuracy is None or last_eval["accuracy"] > best_accuracy:
+                    best_accuracy = last_eval["accuracy"]
+                save(state, {"accuracy": last_eval["accuracy"]})
+    if last_eval is None:  # resumed after the last step: evaluate what was saved
+        state = synced(state, mesh)
+        last_eval = evaluate(stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh)
+    ckpts.wait_until_finished()
+    ckpts.close()
+    elapsed = time.perf_counter() - start
+    summary = {
+        "stage": stage.name,
+        "model": stage.record["model"],
+        "step": step,
+        "final_accuracy": last_eval["accuracy"],
+        "best_accuracy": max(best_accuracy or 0.0, last_eval["accuracy"]),
+        "accuracy_per_t": last_eval["accuracy_per_t"],
+        "seconds": elapsed,
+        "images_per_second": images / elapsed if elapsed else 0.0,
+    }
+    stage.state = state
+    logger.write({"split": "summary", **summary})
+    return summary
+
+
+def eval_variables(state: TrainState, mesh) -> dict:
+    """Inference variables of the trained model (the student's, in the distill stage)."""
+    params = state.params.get("student", state.params)
+    return {"params": params, "batch_stats": parallel.average_copies(state.batch_stats, mesh)}
+
+
+def flush_metrics(
+    pending, logger, stage_name, progress, epoch_images, epoch_start, saved_step, log_every
+) -> None:
+    step, epoch, parts = pending
+    values = {name: float(value) for name, value in jax.device_get(parts).items()}
+    check_finite(step, {k: v for k, v in values.items() if k != "learning_rate"}, saved_step)
+    rate = epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
+    progress.update(1)
+    progress.set_postfix(
+        {k: f"{v:.4g}" for k, v in values.items() if k != "learning_rate"}
+        | {"img/s": f"{rate:.0f}"},
+        refresh=False,
+    )
+    if step % log_every == 0:
+        logger.write(
+            {
+                "stage": stage_name,
+                "split": "train",
+                "step": step,
+                "epoch": epoch,
+                "images_per_second": rate,
+                **values,
+            }
+        )
+
+
+def train_teacher(config, workdir: Path, mesh, logger) -> dict[str, Any]:
+    """Stage ``teacher``: train the ANN with CE and save it for distillation."""
+    stage = teacher_stage(config, mesh)
+    summary = run_stage(stage, config, workdir, mesh, logger)
+    variables = eval_variables(stage.state, mesh)
+    checkpointing.save_teacher(
+        teacher_checkpoint_dir(config, workdir),
+        jax.device_get(variables),
+        model=config.teacher.model,
+        num_classes=stage.train_data.num_classes,
+        dataset=config.dataset.name,
+        accuracy=summary["final_accuracy"],
+    )
+    return summary
+
+
+def train_student(config, workdir: Path, mesh, logger) -> dict[str, Any]:
+    """Stage ``distill``: train the SNN with ``config.method`` against the frozen teacher."""
+    stage = distill_stage(config, mesh, workdir)
+    summary = run_stage(stage, config, workdir, mesh, logger)
+    summary["teacher_accuracy"] = stage.record["teacher"].get("accuracy")
+    summary["method"] = config.method
+    return summary
