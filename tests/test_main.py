@@ -1,0 +1,211 @@
+"""``python -m sastc_jax.main`` end to end on mock CIFAR-10 (every method and the teacher
+stage), its error messages, and resuming after SIGKILL."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_EXAMPLES = 24
+SMALL = [
+    "--config=configs/quickstart.py",
+    "--config.dataset.name=cifar10",
+    "--config.dataset.source=auto",
+    "--config.teacher.optimizer.batch_size=8",
+    "--config.student.optimizer.batch_size=8",
+    "--config.teacher.optimizer.epochs=1",
+    "--config.student.optimizer.epochs=1",
+    "--config.max_steps_per_epoch=2",
+]
+
+
+def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True):
+    """Run the real command line (under TFDS mock data) in a subprocess."""
+    command = [sys.executable, str(REPO / "tests" / "mock_main.py"), f"--workdir={workdir}",
+               *SMALL, *overrides]
+    env = dict(os.environ, MOCK_NUM_EXAMPLES=str(num_examples), JAX_PLATFORMS="cpu")
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def records(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def latest_state(stage_dir):
+    """The newest saved train state, restored raw (nested dicts of NumPy arrays)."""
+    manager = ocp.CheckpointManager(Path(stage_dir) / "latest")
+    step = manager.latest_step()
+    state = ocp.StandardCheckpointer().restore(
+        Path(stage_dir) / "latest" / str(step) / "state")
+    manager.close()
+    return step, state
+
+
+@pytest.fixture(scope="module")
+def teacher_workdir(tmp_path_factory):
+    """Both stages through the CLI: teacher, then SASTC against it."""
+    workdir = tmp_path_factory.mktemp("all")
+    completed = cli(workdir, "--config.stage=all", "--config.method=sastc")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return workdir
+
+
+def test_all_stages_train_save_and_summarise(teacher_workdir):
+    summaries = [r for r in records(teacher_workdir) if r["split"] == "summary"]
+    assert [s["stage"] for s in summaries] == ["teacher", "student"]
+    teacher, student = summaries
+    assert teacher["step"] == 2 and student["step"] == 2
+    assert len(student["accuracy_per_t"]) == 2  # T = 2: accuracy after 1 and 2 steps
+    evals = [r for r in records(teacher_workdir) if r["split"] == "test"]
+    assert all(r["count"] == NUM_EXAMPLES for r in evals)  # the whole split, once
+    assert (teacher_workdir / "teacher" / "final").is_dir()
+    assert json.loads((teacher_workdir / "summary.json").read_text())[1]["method"] == "sastc"
+    step, state = latest_state(teacher_workdir / "student")
+    assert step == 2
+    assert set(state["params"]) == {"student", "calibration"}
+
+
+def test_all_skips_an_existing_teacher(teacher_workdir, tmp_path):
+    completed = cli(tmp_path, "--config.stage=all", "--config.method=kd",
+                    f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "skipping the stage" in completed.stderr
+    assert [r["stage"] for r in records(tmp_path) if r["split"] == "summary"] == ["student"]
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "layerwise", "spatial"])
+def test_every_method_distils(method, teacher_workdir, tmp_path):
+    completed = cli(tmp_path, "--config.stage=distill", f"--config.method={method}",
+                    f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (summary,) = [r for r in records(tmp_path) if r["split"] == "summary"]
+    assert summary["stage"] == "student" and summary["step"] == 2
+    _, state = latest_state(tmp_path / "student")
+    assert ("calibration" in state["params"]) == (method in ("layerwise", "spatial"))
+    train_records = [r for r in records(tmp_path) if r["split"] == "train"]
+    assert train_records == [] or all(np.isfinite(r["loss"]) for r in train_records)
+
+
+def test_teacher_stage_alone(tmp_path):
+    completed = cli(tmp_path, "--config.stage=teacher")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (summary,) = [r for r in records(tmp_path) if r["split"] == "summary"]
+    assert summary["stage"] == "teacher" and summary["accuracy_per_t"] == [
+        summary["final_accuracy"]]
+    assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.method=semckd", "config.method = 'semckd' is not supported"),
+        ("--config.student.model=resnet99_snn", "config.student.model = 'resnet99_snn'"),
+        ("--config.dataset.name=mnist", "config.dataset.name = 'mnist' is not supported"),
+        ("--config.time_steps=0", "needs T >= 1"),
+        ("--config.student.optimizer.batch_size=2", "SASTC needs at least 4"),
+        ("--config.teacher.model=convnet_snn", "the teacher must be an ANN"),
+    ],
+)
+def test_bad_config_values_are_named(override, message, tmp_path):
+    completed = cli(tmp_path, override)
+    assert completed.returncode == 1
+    assert message in completed.stderr
+
+
+def test_unknown_config_field_is_rejected(tmp_path):
+    completed = cli(tmp_path, "--config.studnet.model=resnet19_snn")
+    assert completed.returncode != 0
+    assert "studnet" in completed.stderr
+
+
+def test_layerwise_needs_matching_tap_counts(teacher_workdir, tmp_path):
+    completed = cli(tmp_path, "--config.stage=distill", "--config.method=layerwise",
+                    "--config.teacher.model=resnet18_ann")
+    assert completed.returncode == 1
+    assert "needs as many student taps as teacher taps; got S=3, K=4" in completed.stderr
+
+
+def test_teacher_architecture_mismatch_names_both(teacher_workdir, tmp_path):
+    completed = cli(tmp_path, "--config.stage=distill", "--config.teacher.model=resnet19_ann",
+                    f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}")
+    assert completed.returncode == 1
+    assert "convnet_ann" in completed.stderr and "resnet19_ann" in completed.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(teacher_workdir, tmp_path):
+    common = ["--config.stage=distill", "--config.method=kd",
+              f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}"]
+    healthy = cli(tmp_path, *common)  # 2 good steps, checkpoint at step 2
+    assert healthy.returncode == 0, healthy.stderr[-3000:]
+    # Resume for a second epoch with an absurd learning rate: step 3 blows up.
+    completed = cli(tmp_path, *common, "--config.student.optimizer.epochs=2",
+                    "--config.student.optimizer.learning_rate=1e30")
+    assert completed.returncode == 1
+    assert re.search(r"Non-finite loss or parameters at step 3: .*ce=.*param_norm=",
+                     completed.stderr), completed.stderr[-3000:]
+    assert "the last good checkpoint (step 2) is kept" in completed.stderr
+    step, state = latest_state(tmp_path / "student")
+    assert step == 2
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_unreadable_checkpoint_is_reported(teacher_workdir, tmp_path):
+    completed = cli(tmp_path, "--config.stage=teacher")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    step_dir = tmp_path / "teacher" / "latest" / "2" / "state"
+    for path in step_dir.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"garbage")
+    completed = cli(tmp_path, "--config.stage=teacher", "--config.teacher.optimizer.epochs=2")
+    assert completed.returncode == 1
+    assert "error:" in completed.stderr and str(tmp_path / "teacher") in completed.stderr
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_path):
+    """Kill a run mid-epoch, restart it: the final parameters are bit-identical."""
+    teacher = f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}"
+    common = ["--config.stage=distill", "--config.method=sastc", teacher,
+              "--config.student.optimizer.epochs=2", "--config.max_steps_per_epoch=0",
+              "--config.checkpoint_every_steps=2", "--config.time_steps=4"]
+    # 48 examples / batch 8 = 6 steps per epoch, 12 in all; checkpoints every 2 steps.
+    reference = cli(tmp_path / "reference", *common, num_examples=48)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    process = cli(killed_dir, *common, num_examples=48, wait=False)
+    deadline = time.time() + 300
+    latest = killed_dir / "student" / "latest"
+    while time.time() < deadline and process.poll() is None:
+        steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()] if latest.exists() else []
+        if steps and 2 <= max(steps) < 6:  # mid-epoch 1
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at, _ = latest_state(killed_dir / "student")
+    assert killed_at < 12
+
+    resumed = cli(killed_dir, *common, num_examples=48)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {killed_at}" in resumed.stderr
+    step_a, expected = latest_state(tmp_path / "reference" / "student")
+    step_b, got = latest_state(killed_dir / "student")
+    assert step_a == step_b == 12
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
