@@ -13,10 +13,12 @@ def get_config():
     config.dataset.source = "local"
     config.time_steps = 2
     config.teacher.model = "convnet_ann"
+    config.teacher.model_kwargs.widths = (32, 64, 128)
     config.teacher.optimizer = optimizer_config(
         learning_rate=0.05, epochs=10, batch_size=128, schedule="cosine"
     )
     config.student.model = "convnet_snn"
+    config.student.model_kwargs.widths = (32, 64, 128)
     config.student.optimizer = optimizer_config(
         learning_rate=0.05, epochs=20, batch_size=64, schedule="cosine"
     )

@@ -375,58 +375,78 @@ def teacher_checkpoint_dir(config, workdir: Path) -> Path:
     )
 
 
-def distill_stage(config, mesh, workdir: Path) -> Stage:
-    optim = config.student.optimizer
-    train_data, eval_data = load_datasets(config, optim.batch_size, mesh)
-    num_classes = train_data.num_classes
-    student = build_student(config, num_classes)
-    rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
-    local_batch = parallel.local_batch_size(optim.batch_size, mesh)
-    sample = np.zeros((local_batch, *train_data.input_shape), np.float32)
-    variables = init_variables(student, rng_student, sample, mesh)
-    params = {"student": variables["params"]}
+@dataclasses.dataclass
+class Distillation:
+    """The modules of a distillation run, built from the config and a per-device input."""
 
-    teacher, frozen, calibrator, teacher_record = None, {}, None, {}
-    if config.method != "ce":
-        teacher = build_teacher(config, num_classes)
+    student: flax.linen.Module
+    teacher: flax.linen.Module | None  # None for 'ce'
+    calibrator: calibration.Calibration | None  # None for 'ce' and 'kd'
+    objective: Objective
+
+    def init_calibration(self, rng: Array, sample: np.ndarray) -> dict:
+        """Calibration parameters (zero taps of the right shapes: only shapes matter)."""
+        zeros = [
+            [jnp.zeros(tap.shape, jnp.float32) for tap in tap_shapes(model, sample)]
+            for model in (self.student, self.teacher)
+        ]
+        return self.calibrator.init(rng, *zeros)["params"]
+
+
+def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distillation:
+    """Student, teacher, calibration module and objective for per-device ``sample`` inputs.
+
+    Raises ``ValueError`` when the method cannot pair these models' taps (e.g.
+    'layerwise' with different tap counts) before anything is loaded.
+    """
+    student = build_student(config, num_classes)
+    teacher = build_teacher(config, num_classes) if config.method != "ce" else None
+    calibrator = None
     if config.method in losses.CALIBRATED_METHODS:
-        # Built (and checked, e.g. tap counts for 'layerwise') before the teacher is loaded.
-        student_taps, teacher_taps = tap_shapes(student, sample), tap_shapes(teacher, sample)
         calibrator = calibration.calibration_module(
-            student_taps,
-            teacher_taps,
+            tap_shapes(student, sample),
+            tap_shapes(teacher, sample),
             method=config.method,
             embed_dim=config.calibration.embed_dim or None,
             dtype=compute_dtype(config),
         )
-        zeros = (
-            [jnp.zeros(t.shape, jnp.float32) for t in student_taps],
-            [jnp.zeros(t.shape, jnp.float32) for t in teacher_taps],
-        )
-        params["calibration"] = jax.jit(calibrator.init, out_shardings=parallel.replicated(mesh))(
-            rng_calibration, *zeros
-        )["params"]
-    if teacher is not None:
+    weights = losses.LossWeights(**config.loss.to_dict())
+    objective = student_objective(student, teacher, calibrator, config.method, weights)
+    return Distillation(student, teacher, calibrator, objective)
+
+
+def distill_stage(config, mesh, workdir: Path) -> Stage:
+    optim = config.student.optimizer
+    train_data, eval_data = load_datasets(config, optim.batch_size, mesh)
+    num_classes = train_data.num_classes
+    local_batch = parallel.local_batch_size(optim.batch_size, mesh)
+    sample = np.zeros((local_batch, *train_data.input_shape), np.float32)
+    parts = build_distillation(config, num_classes, sample)
+    rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
+    variables = init_variables(parts.student, rng_student, sample, mesh)
+    params = {"student": variables["params"]}
+    if parts.calibrator is not None:
+        init = jax.jit(parts.init_calibration, out_shardings=parallel.replicated(mesh))
+        params["calibration"] = init(rng_calibration, sample)
+    frozen, teacher_record = {}, {}
+    if parts.teacher is not None:
         teacher_vars, teacher_record = checkpointing.load_teacher(
             teacher_checkpoint_dir(config, workdir),
             model=config.teacher.model,
             num_classes=num_classes,
         )
         frozen = parallel.replicate(teacher_vars, mesh)
-
-    weights = losses.LossWeights(**config.loss.to_dict())
     tx, schedule = make_optimizer(optim, steps_per_epoch(config, train_data))
-    objective = student_objective(student, teacher, calibrator, config.method, weights)
     return Stage(
         name="student",
-        model=student,
+        model=parts.student,
         train_data=train_data,
         eval_data=eval_data,
         optim=optim,
         state=new_state(params, variables["batch_stats"], tx, mesh),
         frozen=frozen,
-        train_step=make_train_step(objective, tx, schedule, mesh),
-        eval_step=make_eval_step(student, mesh),
+        train_step=make_train_step(parts.objective, tx, schedule, mesh),
+        eval_step=make_eval_step(parts.student, mesh),
         record={
             "model": config.student.model,
             "num_classes": num_classes,
@@ -465,13 +485,31 @@ def portable(state: TrainState, mesh) -> TrainState:
 
 
 class SigtermFlag:
-    """Set by SIGTERM; the loop saves a checkpoint and stops at the next step."""
+    """Set by SIGTERM; the loop saves a checkpoint and stops at the next step.
+
+    Multi-process runs leave SIGTERM to JAX's preemption notifier (installed by
+    ``jax.distributed.initialize``) and ask ``stop_at(step)`` at every step: every process
+    then stops at the same step, however far apart their signals arrive.
+    """
 
     def __init__(self):
         self.raised = False
         self._previous = None
 
+    def stop_at(self, step: int) -> bool:
+        """Whether to save and stop after ``step`` (call once per step, on every process)."""
+        if jax.process_count() == 1:
+            return self.raised
+        from jax.experimental import multihost_utils
+
+        try:
+            return multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # the preemption service is disabled
+            return False
+
     def __enter__(self):
+        if jax.process_count() > 1:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: no handler
@@ -611,11 +649,12 @@ def run_stage(
                 )
                 step += 1
                 log.push(step, parts, saved_step)
-                if step % config.checkpoint_every_steps == 0 or sigterm.raised:
+                stop = sigterm.stop_at(step)
+                if step % config.checkpoint_every_steps == 0 or stop:
                     log.flush(saved_step)
                     state = synced(state, mesh)
                     save(state)
-                if sigterm.raised:
+                if stop:
                     log.end_epoch(saved_step)
                     raise Preempted(
                         f"SIGTERM at step {step}: checkpoint saved in "

@@ -86,10 +86,16 @@ def test_epoch_shuffle_is_reproducible_and_changes_per_epoch():
 
 
 def test_permutation_is_global_and_host_independent():
-    """Host shares are consecutive slices of one global permutation of (seed, epoch)."""
-    permutation = sharding.epoch_permutation(40, seed=1, epoch=2)
-    parts = [sharding.train_host_indices(40, 4, 1, 2, host, 2).reshape(-1) for host in range(2)]
-    np.testing.assert_array_equal(np.concatenate(parts), permutation)
+    """Global batches are consecutive slices of one permutation of (seed, epoch), whatever
+    the host count: host p holds the p-th part of each (so resuming on another number of
+    hosts, or a single-process run, sees the same global batches)."""
+    permutation = sharding.epoch_permutation(42, seed=1, epoch=2)
+    parts = [sharding.train_host_indices(42, 4, 1, 2, host, 2) for host in range(2)]
+    global_batches = np.concatenate(parts, axis=1)  # (steps, hosts * batch)
+    np.testing.assert_array_equal(global_batches.reshape(-1), permutation[:40])
+    one_host = sharding.train_host_indices(42, 8, 1, 2, 0, 1)
+    np.testing.assert_array_equal(global_batches, one_host)
+    assert sharding.train_steps(42, 4, 2) == sharding.train_steps(42, 8, 1) == 5
 
 
 def test_resume_mid_epoch_gives_the_same_batches():

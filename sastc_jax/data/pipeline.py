@@ -40,7 +40,7 @@ class Dataset:
       num_classes: number of label classes.
       input_shape: per-example shape of `batch['image']` (without the batch axis).
       steps_per_epoch: batches per epoch, the same on every host. Training:
-        floor((num_examples // process_count) / batch_size). Evaluation:
+        num_examples // (batch_size * process_count). Evaluation:
         ceil(ceil(num_examples / process_count) / batch_size).
     """
 

@@ -1,9 +1,11 @@
 """Which examples each host reads, batch by batch, in every epoch.
 
-Training: one global permutation of the split per epoch, a pure function of (seed, epoch);
-host p takes the contiguous slice [p*m, (p+1)*m) of it with m = n // process_count, and the
-last incomplete batch is dropped. Every host therefore runs the same number of steps and a
-resumed run sees exactly the same batches.
+Training: one global permutation of the split per epoch, a pure function of (seed, epoch),
+cut into global batches of batch_size * process_count examples (the last incomplete one is
+dropped); in global batch k, host p takes the p-th slice of batch_size examples. The global
+batches, and the number of steps, are therefore the same for every process count: every
+host runs the same number of steps, and a run resumed on another number of hosts (or a
+single-process run) sees exactly the same global batches.
 
 Evaluation: fixed order; host p takes its contiguous part of the split (sizes differ by at
 most one) and pads it with masked copies of an example up to `eval_steps * batch_size`, so
@@ -25,8 +27,8 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def train_steps(num_examples: int, batch_size: int, process_count: int) -> int:
-    """Batches per epoch on every host: floor((num_examples // process_count) / batch_size)."""
-    return (num_examples // process_count) // batch_size
+    """Batches per epoch on every host: num_examples // (batch_size * process_count)."""
+    return num_examples // (batch_size * process_count)
 
 
 def eval_host_range(num_examples: int, process_index: int, process_count: int) -> range:
@@ -51,11 +53,10 @@ def train_host_indices(
     process_count: int,
 ) -> np.ndarray:
     """(steps, batch_size) example indices of this host's training batches for `epoch`."""
-    share = num_examples // process_count
-    steps = share // batch_size
+    steps = train_steps(num_examples, batch_size, process_count)
     permutation = epoch_permutation(num_examples, seed, epoch)
-    start = process_index * share
-    return permutation[start : start + steps * batch_size].reshape(steps, batch_size)
+    global_batches = permutation[: steps * batch_size * process_count]
+    return global_batches.reshape(steps, process_count, batch_size)[:, process_index]
 
 
 def eval_host_indices(

@@ -1,0 +1,45 @@
+"""``python tests/multiprocess_main.py --config=... --workdir=...``: the real command line under
+TFDS mock data (as ``tests/mock_main.py``), which also saves every process's final train
+state of each stage as ``WORKDIR/final_<stage>_process<i>.npz`` for the multi-process tests.
+
+A state leaf is saved from one of this process's devices, after checking that all of this
+process's copies agree (parameters are replicated; batch statistics are averaged and copied
+to every device before the end of a stage). ``MOCK_NUM_EXAMPLES`` sets the split sizes.
+"""
+
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import app
+
+from sastc_jax import main, train
+
+_run_stage = train.run_stage
+
+
+def local_copy(leaf) -> np.ndarray:
+    """The leaf as this process holds it; raises if its devices hold different copies."""
+    copies = [np.asarray(shard.data) for shard in leaf.addressable_shards]
+    for other in copies[1:]:
+        if not np.array_equal(copies[0].reshape(other.shape), other):
+            raise AssertionError(f"devices of process {jax.process_index()} disagree")
+    return copies[0]
+
+
+def run_stage_and_save(stage, config, workdir, mesh, logger):
+    summary = _run_stage(stage, config, workdir, mesh, logger)
+    leaves = jax.tree_util.tree_flatten_with_path(stage.state)[0]
+    arrays = {jax.tree_util.keystr(path): local_copy(leaf) for path, leaf in leaves}
+    path = Path(workdir) / f"final_{stage.name}_process{jax.process_index()}.npz"
+    np.savez(path, **arrays)
+    return summary
+
+
+if __name__ == "__main__":
+    train.run_stage = run_stage_and_save
+    num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
+    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
+        app.run(main.main)
