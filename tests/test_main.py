@@ -209,3 +209,31 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_p
     assert step_a == step_b == 12
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(teacher_workdir, tmp_path):
+    common = ["--config.stage=distill", "--config.method=kd",
+              f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
+              "--config.student.optimizer.epochs=3", "--config.max_steps_per_epoch=0",
+              "--config.checkpoint_every_steps=1000", "--config.log_every_steps=1"]
+    process = cli(tmp_path, *common, num_examples=48, wait=False)
+    metrics_file = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
+        if sum('"split": "train"' in line for line in lines) >= 2:
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output[-3000:]
+    match = re.search(r"stopped: SIGTERM at step (\d+): checkpoint saved", output)
+    assert match, output[-3000:]
+    stopped_at = int(match.group(1))
+    assert 2 <= stopped_at < 18
+    assert latest_state(tmp_path / "student")[0] == stopped_at
+
+    resumed = cli(tmp_path, *common, num_examples=48)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {stopped_at}" in resumed.stderr
+    assert latest_state(tmp_path / "student")[0] == 18

@@ -3,13 +3,15 @@
 run the command line (``tests/multiprocess_main.py``: ``sastc_jax.main`` under TFDS mock
 data) on ``tests/configs/tiny_cifar.py``: 3 teacher steps, then 3 SASTC distillation steps,
 evaluation and checkpoints. Checked against a single process with 4 simulated devices on the
-same global batches, and restored (and evaluated) by a single process with 1 device.
+same global batches, and restored (and evaluated) by a single process with 1 device. A
+second launch checks preemption: SIGTERM to one process stops both at the same step.
 
-About 2 minutes on 2 CPU cores (the 2-process launch alone about 65 s): ``-m slow``.
+About 2.5 minutes on 2 CPU cores (the 2-process launch alone about 60 s): ``-m slow``.
 """
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 
 def environment(**extra) -> dict:
-    env = dict(os.environ, MOCK_NUM_EXAMPLES=str(NUM_EXAMPLES), JAX_PLATFORMS="cpu", **extra)
+    env = dict(os.environ, MOCK_NUM_EXAMPLES=str(NUM_EXAMPLES), JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("XLA_FLAGS", None)
     env.update(extra)
@@ -72,10 +74,11 @@ def final_state(workdir: Path, stage: str, process: int) -> dict[str, np.ndarray
 
 
 def flat(tree, prefix: str = "") -> dict[str, np.ndarray]:
-    """``{"['a']['b']": leaf}`` of a restored (nested dict) checkpoint."""
-    if isinstance(tree, dict):
+    """``{"['a']['b']": leaf}`` of a restored checkpoint (nested dicts, lists, tuples)."""
+    if isinstance(tree, dict | list | tuple):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
         out = {}
-        for key, value in tree.items():
+        for key, value in items:
             out.update(flat(value, f"{prefix}[{key!r}]"))
         return out
     return {prefix: np.asarray(tree)}
@@ -186,3 +189,75 @@ def test_checkpoint_of_two_processes_restores_in_one(runs, tmp_path):
     assert summary["stage"] == "student" and summary["step"] == 3
     # evaluate() checks that the 1-device pass counted every example exactly once.
     assert summary["final_accuracy"] == records(multi, "test")[1]["accuracy"]
+
+
+def pid_of(*parts: str) -> int | None:
+    """The process whose command line contains every one of ``parts`` (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and all(any(part in arg for arg in command) for part in parts):
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_on_one_process(tmp_path):
+    """SIGTERM reaches only process 1: JAX's preemption sync makes both processes save the
+    same step and exit 143; one process with 4 devices then resumes the run to its end."""
+    workdir, logs = tmp_path / "run", tmp_path / "logs"
+    examples = 800  # 50 steps of 16
+    args = [
+        sys.executable,
+        "tests/multiprocess_main.py",
+        "--config=tests/configs/tiny_cifar.py",
+        "--config.stage=teacher",
+        "--config.max_steps_per_epoch=0",
+        f"--workdir={workdir}",
+    ]
+    launcher = subprocess.Popen(
+        ["bash", str(LAUNCH), "-n", "2", "-d", "2", "-l", str(logs), "--", *args],
+        cwd=REPO,
+        env=environment(PYTHON=sys.executable, MOCK_NUM_EXAMPLES=str(examples)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        metrics = workdir / "metrics.jsonl"
+        while not (metrics.exists() and '"train"' in metrics.read_text()):
+            assert launcher.poll() is None, launcher.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        second = pid_of(str(workdir), "--process_id=1")
+        assert second is not None
+        os.kill(second, signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=TIMEOUT)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
+    assert launcher.returncode == 143, output[-4000:]
+    stopped = [
+        re.search(r"stopped: SIGTERM at step (\d+)", (logs / f"process_{i}.log").read_text())
+        for i in range(2)
+    ]
+    assert all(stopped), output[-4000:]
+    step = int(stopped[0].group(1))
+    assert int(stopped[1].group(1)) == step < examples // 16
+    assert sorted(int(p.name) for p in (workdir / "teacher" / "latest").iterdir()) == [step]
+
+    resumed = run(
+        [*args],
+        environment(
+            MOCK_NUM_EXAMPLES=str(examples), XLA_FLAGS="--xla_force_host_platform_device_count=4"
+        ),
+    )
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+    assert f"resumed from step {step}" in resumed.stdout
+    assert records(workdir, "summary")[-1]["step"] == examples // 16
+    assert records(workdir, "test")[-1]["count"] == examples
