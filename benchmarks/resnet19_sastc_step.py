@@ -38,7 +38,8 @@ def measure(method: str, batch: int, time_steps: int, steps: int, dtype: str) ->
     @jax.jit
     def value_and_grad(params, batch_stats, teacher_vars, batch_data):
         return jax.value_and_grad(parts.objective, has_aux=True)(
-            params, batch_stats, teacher_vars, batch_data)
+            params, batch_stats, teacher_vars, batch_data
+        )
 
     args = (params, student_vars["batch_stats"], teacher_vars, batch_data)
     start = time.perf_counter()
@@ -50,8 +51,13 @@ def measure(method: str, batch: int, time_steps: int, steps: int, dtype: str) ->
         (loss, _), grads = compiled(*args)
     jax.block_until_ready(grads)
     step_seconds = (time.perf_counter() - start) / steps
-    return {"method": method, "loss": float(loss), "compile_s": compile_seconds,
-            "step_s": step_seconds, "images_per_s": batch / step_seconds}
+    return {
+        "method": method,
+        "loss": float(loss),
+        "compile_s": compile_seconds,
+        "step_s": step_seconds,
+        "images_per_s": batch / step_seconds,
+    }
 
 
 def main() -> None:
@@ -62,13 +68,19 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--methods", default="sastc,kd")
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
-          f"B={args.batch}, T={args.time_steps}, dtype={args.dtype}")
-    results = [measure(m, args.batch, args.time_steps, args.steps, args.dtype)
-               for m in args.methods.split(",")]
+    print(
+        f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"B={args.batch}, T={args.time_steps}, dtype={args.dtype}"
+    )
+    results = [
+        measure(m, args.batch, args.time_steps, args.steps, args.dtype)
+        for m in args.methods.split(",")
+    ]
     for r in results:
-        print(f"{r['method']:>6}: compile {r['compile_s']:.1f} s, step {r['step_s']:.3f} s "
-              f"({r['images_per_s']:.1f} img/s), loss {r['loss']:.4f}")
+        print(
+            f"{r['method']:>6}: compile {r['compile_s']:.1f} s, step {r['step_s']:.3f} s "
+            f"({r['images_per_s']:.1f} img/s), loss {r['loss']:.4f}"
+        )
     by_method = {r["method"]: r for r in results}
     if "sastc" in by_method and "kd" in by_method:
         ratio = by_method["sastc"]["step_s"] / by_method["kd"]["step_s"]

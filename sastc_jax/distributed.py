@@ -10,11 +10,14 @@ runtime connects the processes. ``--distributed``:
 - ``on``: always initialise (JAX detects the cluster: TPU pod slices, SLURM, Open MPI).
 - ``off``: never (one process, whatever the environment says).
 
-Failures are :class:`DistributedError`\\ s with the cause and the fix: inconsistent flags,
-a coordinator that is not reachable, processes that do not all join within
-``--initialization_timeout`` seconds (JAX's runtime would abort the process from C++
-without a useful message: a watchdog reports it and exits with status 1 instead), and
-processes that disagree on the process count or have unequal local device counts.
+Failures raise :class:`DistributedError` with the cause and the fix: inconsistent flags,
+a coordinator that is not reachable, and processes that disagree on the process count or
+have unequal local device counts. Processes that do not all join within
+``--initialization_timeout`` seconds (JAX's runtime would abort them from C++ without a
+useful message), or whose first collective does not complete in that time, print the
+reason and exit with status 1 (a watchdog: the blocked C++ call cannot be interrupted).
+
+CPU runs (``launch/local_multiprocess.sh``) use gloo for cross-process collectives.
 """
 
 from __future__ import annotations
@@ -301,8 +304,9 @@ def initialize(
     Raises :class:`DistributedError` for inconsistent flags, a coordinator that does not
     accept connections within ``timeout_seconds``, and a process count or local device
     count that differs between processes or from ``num_processes``. When the coordinator
-    answers but not every process joins within ``timeout_seconds``, the process prints
-    the reason and exits with status 1 (see :func:`_join_watchdog`).
+    answers but not every process joins within ``timeout_seconds``, or the first
+    collective does not finish in that time, the process prints the reason and exits with
+    status 1 (see :func:`_join_watchdog`).
     """
     if not should_initialize(mode, coordinator_address, num_processes, environ):
         return False
@@ -338,7 +342,14 @@ def initialize(
             f"Could not join {where} as {who} of {num_processes or '?'}: {error}. Check "
             "the flags (or the cluster environment JAX detects: TPU, SLURM, Open MPI)."
         ) from error
-    check_layout(num_processes)
+    collective_message = (
+        f"The processes joined {where} but their first collective (over "
+        f"{jax.device_count()} devices) did not finish within {timeout_seconds}s. Check that "
+        "the hosts reach each other on all ports (not only the coordinator's): CPU "
+        "collectives use gloo, GPUs NCCL (e.g. NCCL_SOCKET_IFNAME)."
+    )
+    with _join_watchdog(timeout_seconds, collective_message):
+        check_layout(num_processes)
     return True
 
 

@@ -33,8 +33,10 @@ def plot_run(workdir: str | Path, output: str | Path | None = None) -> Path:
     """
     records = read_metrics(workdir)
     if not records:
-        raise FileNotFoundError(f"No metrics in {Path(workdir) / 'metrics.jsonl'}; "
-                                "run `python -m sastc_jax.main` with this --workdir first.")
+        raise FileNotFoundError(
+            f"No metrics in {Path(workdir) / 'metrics.jsonl'}; "
+            "run `python -m sastc_jax.main` with this --workdir first."
+        )
     stages = list(dict.fromkeys(r["stage"] for r in records if "stage" in r))
     plt = _pyplot()
     figure, (loss_axis, accuracy_axis, per_t_axis) = plt.subplots(1, 3, figsize=(15, 4))
@@ -47,11 +49,16 @@ def plot_run(workdir: str | Path, output: str | Path | None = None) -> Path:
                 loss_axis.plot(steps, ys, label=f"{stage} {part}")
         tests = [r for r in records if r.get("stage") == stage and r["split"] == "test"]
         if tests:
-            accuracy_axis.plot([r["step"] for r in tests],
-                               [100 * r["accuracy"] for r in tests], marker="o", label=stage)
+            accuracy_axis.plot(
+                [r["step"] for r in tests],
+                [100 * r["accuracy"] for r in tests],
+                marker="o",
+                label=stage,
+            )
             per_t = tests[-1]["accuracy_per_t"]
-            per_t_axis.plot(range(1, len(per_t) + 1), [100 * a for a in per_t], marker="o",
-                            label=stage)
+            per_t_axis.plot(
+                range(1, len(per_t) + 1), [100 * a for a in per_t], marker="o", label=stage
+            )
     loss_axis.set(title="training loss", xlabel="step", yscale="log")
     accuracy_axis.set(title="test accuracy (%)", xlabel="step")
     per_t_axis.set(title="final accuracy by time steps used (%)", xlabel="time steps")
@@ -66,9 +73,12 @@ def plot_run(workdir: str | Path, output: str | Path | None = None) -> Path:
     return output
 
 
-def plot_attention(attention: np.ndarray, output: str | Path,
-                   student_names: Sequence[str] | None = None,
-                   teacher_names: Sequence[str] | None = None) -> Path:
+def plot_attention(
+    attention: np.ndarray,
+    output: str | Path,
+    student_names: Sequence[str] | None = None,
+    teacher_names: Sequence[str] | None = None,
+) -> Path:
     """Heat maps of the batch-mean attention ``(T, B, S, K)``, one panel per time step."""
     attention = np.asarray(attention, np.float32)
     if attention.ndim != 4:
@@ -86,8 +96,15 @@ def plot_attention(attention: np.ndarray, output: str | Path,
         axis.set_yticklabels(student_names, fontsize="small")
         for i in range(num_student):
             for j in range(num_teacher):
-                axis.text(j, i, f"{mean[t, i, j]:.2f}", ha="center", va="center",
-                          color="white" if mean[t, i, j] < 0.5 else "black", fontsize="small")
+                axis.text(
+                    j,
+                    i,
+                    f"{mean[t, i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white" if mean[t, i, j] < 0.5 else "black",
+                    fontsize="small",
+                )
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     output = Path(output)
     figure.savefig(output, dpi=100, bbox_inches="tight")

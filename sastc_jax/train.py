@@ -296,23 +296,32 @@ def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
     return train_data, eval_data
 
 
+def model_from_config(section: ml_collections.ConfigDict, role: str, **settings):
+    """``models.get_model(section.model, **settings, **section.model_kwargs)`` with an
+    error that names the config fields when the keyword arguments do not fit the model."""
+    kwargs = section.model_kwargs.to_dict()
+    try:
+        return models.get_model(section.model, **settings, **kwargs)
+    except TypeError as error:
+        raise ValueError(
+            f"config.{role}.model_kwargs = {kwargs} do not fit the model {section.model!r}: {error}"
+        ) from error
+
+
 def build_teacher(config, num_classes: int) -> flax.linen.Module:
-    return models.get_model(
-        config.teacher.model,
-        num_classes=num_classes,
-        dtype=compute_dtype(config),
-        **config.teacher.model_kwargs,
+    return model_from_config(
+        config.teacher, "teacher", num_classes=num_classes, dtype=compute_dtype(config)
     )
 
 
 def build_student(config, num_classes: int) -> flax.linen.Module:
-    return models.get_model(
-        config.student.model,
+    return model_from_config(
+        config.student,
+        "student",
         num_classes=num_classes,
         time_steps=config.time_steps,
         neuron=neurons.LIFConfig(**config.neuron.to_dict()),
         dtype=compute_dtype(config),
-        **config.student.model_kwargs,
     )
 
 

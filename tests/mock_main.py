@@ -13,6 +13,5 @@ from sastc_jax import main
 
 if __name__ == "__main__":
     num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
-    with tfds.testing.mock_data(num_examples=num_examples,
-                                policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
         app.run(main.main)

@@ -41,7 +41,8 @@ def randomise(variables, seed=3):
     leaves, treedef = jax.tree.flatten(variables)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     return jax.tree.unflatten(
-        treedef, [0.3 * jax.random.normal(k, x.shape) + (x == 1) for k, x in zip(keys, leaves, strict=True)]
+        treedef,
+        [0.3 * jax.random.normal(k, x.shape) + (x == 1) for k, x in zip(keys, leaves, strict=True)],
     )
 
 

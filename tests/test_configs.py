@@ -24,8 +24,15 @@ def load_config(name):
 
 
 def test_every_config_file_is_covered():
-    assert set(CONFIGS) >= {"cifar10_t2", "cifar100_t2", "imagenet_t4", "dvs_gesture",
-                            "cifar10_dvs", "fashion_mnist_t2", "quickstart"}
+    assert set(CONFIGS) >= {
+        "cifar10_t2",
+        "cifar100_t2",
+        "imagenet_t4",
+        "dvs_gesture",
+        "cifar10_dvs",
+        "fashion_mnist_t2",
+        "quickstart",
+    }
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -43,7 +50,11 @@ def test_release_recipe_in_cifar_configs():
         assert config.time_steps == 2 and config.loss.beta == 800.0
         optim = config.student.optimizer
         assert (optim.learning_rate, optim.momentum, optim.weight_decay, optim.epochs) == (
-            0.01, 0.9, 5e-4, 240)
+            0.01,
+            0.9,
+            5e-4,
+            240,
+        )
         assert tuple(optim.decay_epochs) == (150, 180, 210)
     assert load_config("cifar100_t2").dataset.name == "cifar100"
 
@@ -82,10 +93,18 @@ def test_config_traces_one_step_on_mock_data(name, tmp_path):
         config.dataset.data_dir = fake_data_dir(config, tmp_path)
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
         dataset = data.get_dataset(
-            config.dataset.name, "train", batch_size=4, time_steps=config.time_steps,
-            train=True, data_dir=config.dataset.data_dir or None, source=config.dataset.source,
-            image_size=config.dataset.image_size or None, num_devices=1,
-            process_index=0, process_count=1)
+            config.dataset.name,
+            "train",
+            batch_size=4,
+            time_steps=config.time_steps,
+            train=True,
+            data_dir=config.dataset.data_dir or None,
+            source=config.dataset.source,
+            image_size=config.dataset.image_size or None,
+            num_devices=1,
+            process_index=0,
+            process_count=1,
+        )
         batch = next(iter(dataset.epoch(0)))
     assert batch["image"].shape == (4, *dataset.input_shape)
 
@@ -101,21 +120,26 @@ def test_config_traces_one_step_on_mock_data(name, tmp_path):
 
     tx, schedule = train.make_optimizer(config.student.optimizer, steps_per_epoch=10)
     state = train.TrainState(
-        step=jax.ShapeDtypeStruct((), np.int32), params=params,
-        batch_stats=jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype),
-                                 student_vars["batch_stats"]),
-        opt_state=jax.eval_shape(tx.init, params))
+        step=jax.ShapeDtypeStruct((), np.int32),
+        params=params,
+        batch_stats=jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), student_vars["batch_stats"]
+        ),
+        opt_state=jax.eval_shape(tx.init, params),
+    )
     step = train.make_train_step(parts.objective, tx, schedule, mesh)
     new_state, metrics = jax.eval_shape(step, state, teacher_vars, abstract(batch))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert {"loss", "ce", "kd", "calibration", "accuracy"} <= set(metrics)
 
-    teacher_step = train.make_train_step(train.teacher_objective(parts.teacher), tx, schedule,
-                                         mesh)
+    teacher_step = train.make_train_step(train.teacher_objective(parts.teacher), tx, schedule, mesh)
     teacher_state = train.TrainState(
-        step=state.step, params=teacher_vars["params"],
-        batch_stats=jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype),
-                                 teacher_vars["batch_stats"]),
-        opt_state=jax.eval_shape(tx.init, teacher_vars["params"]))
+        step=state.step,
+        params=teacher_vars["params"],
+        batch_stats=jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), teacher_vars["batch_stats"]
+        ),
+        opt_state=jax.eval_shape(tx.init, teacher_vars["params"]),
+    )
     _, teacher_metrics = jax.eval_shape(teacher_step, teacher_state, {}, abstract(batch))
     assert teacher_metrics["loss"].shape == ()

@@ -31,14 +31,21 @@ SMALL = [
 
 def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True):
     """Run the real command line (under TFDS mock data) in a subprocess."""
-    command = [sys.executable, str(REPO / "tests" / "mock_main.py"), f"--workdir={workdir}",
-               *SMALL, *overrides]
+    command = [
+        sys.executable,
+        str(REPO / "tests" / "mock_main.py"),
+        f"--workdir={workdir}",
+        *SMALL,
+        *overrides,
+    ]
     env = dict(os.environ, MOCK_NUM_EXAMPLES=str(num_examples), JAX_PLATFORMS="cpu")
     if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def records(workdir):
@@ -50,8 +57,7 @@ def latest_state(stage_dir):
     """The newest saved train state, restored raw (nested dicts of NumPy arrays)."""
     manager = ocp.CheckpointManager(Path(stage_dir) / "latest")
     step = manager.latest_step()
-    state = ocp.StandardCheckpointer().restore(
-        Path(stage_dir) / "latest" / str(step) / "state")
+    state = ocp.StandardCheckpointer().restore(Path(stage_dir) / "latest" / str(step) / "state")
     manager.close()
     return step, state
 
@@ -81,8 +87,12 @@ def test_all_stages_train_save_and_summarise(teacher_workdir):
 
 
 def test_all_skips_an_existing_teacher(teacher_workdir, tmp_path):
-    completed = cli(tmp_path, "--config.stage=all", "--config.method=kd",
-                    f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}")
+    completed = cli(
+        tmp_path,
+        "--config.stage=all",
+        "--config.method=kd",
+        f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "skipping the stage" in completed.stderr
     assert [r["stage"] for r in records(tmp_path) if r["split"] == "summary"] == ["student"]
@@ -90,8 +100,12 @@ def test_all_skips_an_existing_teacher(teacher_workdir, tmp_path):
 
 @pytest.mark.parametrize("method", ["ce", "kd", "layerwise", "spatial"])
 def test_every_method_distils(method, teacher_workdir, tmp_path):
-    completed = cli(tmp_path, "--config.stage=distill", f"--config.method={method}",
-                    f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}")
+    completed = cli(
+        tmp_path,
+        "--config.stage=distill",
+        f"--config.method={method}",
+        f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     (summary,) = [r for r in records(tmp_path) if r["split"] == "summary"]
     assert summary["stage"] == "student" and summary["step"] == 2
@@ -106,7 +120,8 @@ def test_teacher_stage_alone(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     (summary,) = [r for r in records(tmp_path) if r["split"] == "summary"]
     assert summary["stage"] == "teacher" and summary["accuracy_per_t"] == [
-        summary["final_accuracy"]]
+        summary["final_accuracy"]
+    ]
     assert not (tmp_path / "student").exists()
 
 
@@ -134,30 +149,56 @@ def test_unknown_config_field_is_rejected(tmp_path):
 
 
 def test_layerwise_needs_matching_tap_counts(teacher_workdir, tmp_path):
-    completed = cli(tmp_path, "--config.stage=distill", "--config.method=layerwise",
-                    "--config.teacher.model=resnet18_ann")
+    completed = cli(
+        tmp_path,
+        "--config.stage=distill",
+        "--config.method=layerwise",
+        "--config.teacher.model=resnet18_ann",
+        "--config.teacher.model_kwargs.widths=(16,32,64,128)",
+    )
     assert completed.returncode == 1
     assert "needs as many student taps as teacher taps; got S=3, K=4" in completed.stderr
 
 
+def test_model_kwargs_that_do_not_fit_are_named(tmp_path):
+    completed = cli(tmp_path, "--config.teacher.model=vgg11_ann")  # ConvNet's widths=
+    assert completed.returncode == 1
+    assert (
+        "config.teacher.model_kwargs = {'widths': (16, 32, 64)} do not fit the model "
+        "'vgg11_ann'" in completed.stderr
+    )
+
+
 def test_teacher_architecture_mismatch_names_both(teacher_workdir, tmp_path):
-    completed = cli(tmp_path, "--config.stage=distill", "--config.teacher.model=resnet19_ann",
-                    f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}")
+    completed = cli(
+        tmp_path,
+        "--config.stage=distill",
+        "--config.teacher.model=resnet19_ann",
+        f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
+    )
     assert completed.returncode == 1
     assert "convnet_ann" in completed.stderr and "resnet19_ann" in completed.stderr
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(teacher_workdir, tmp_path):
-    common = ["--config.stage=distill", "--config.method=kd",
-              f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}"]
+    common = [
+        "--config.stage=distill",
+        "--config.method=kd",
+        f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
+    ]
     healthy = cli(tmp_path, *common)  # 2 good steps, checkpoint at step 2
     assert healthy.returncode == 0, healthy.stderr[-3000:]
     # Resume for a second epoch with an absurd learning rate: step 3 blows up.
-    completed = cli(tmp_path, *common, "--config.student.optimizer.epochs=2",
-                    "--config.student.optimizer.learning_rate=1e30")
+    completed = cli(
+        tmp_path,
+        *common,
+        "--config.student.optimizer.epochs=2",
+        "--config.student.optimizer.learning_rate=1e30",
+    )
     assert completed.returncode == 1
-    assert re.search(r"Non-finite loss or parameters at step 3: .*ce=.*param_norm=",
-                     completed.stderr), completed.stderr[-3000:]
+    assert re.search(
+        r"Non-finite loss or parameters at step 3: .*ce=.*param_norm=", completed.stderr
+    ), completed.stderr[-3000:]
     assert "the last good checkpoint (step 2) is kept" in completed.stderr
     step, state = latest_state(tmp_path / "student")
     assert step == 2
@@ -179,9 +220,15 @@ def test_unreadable_checkpoint_is_reported(teacher_workdir, tmp_path):
 def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_path):
     """Kill a run mid-epoch, restart it: the final parameters are bit-identical."""
     teacher = f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}"
-    common = ["--config.stage=distill", "--config.method=sastc", teacher,
-              "--config.student.optimizer.epochs=2", "--config.max_steps_per_epoch=0",
-              "--config.checkpoint_every_steps=2", "--config.time_steps=4"]
+    common = [
+        "--config.stage=distill",
+        "--config.method=sastc",
+        teacher,
+        "--config.student.optimizer.epochs=2",
+        "--config.max_steps_per_epoch=0",
+        "--config.checkpoint_every_steps=2",
+        "--config.time_steps=4",
+    ]
     # 48 examples / batch 8 = 6 steps per epoch, 12 in all; checkpoints every 2 steps.
     reference = cli(tmp_path / "reference", *common, num_examples=48)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -191,7 +238,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_p
     deadline = time.time() + 300
     latest = killed_dir / "student" / "latest"
     while time.time() < deadline and process.poll() is None:
-        steps = [int(p.name) for p in latest.glob("*") if p.name.isdigit()] if latest.exists() else []
+        steps = (
+            [int(p.name) for p in latest.glob("*") if p.name.isdigit()] if latest.exists() else []
+        )
         if steps and 2 <= max(steps) < 6:  # mid-epoch 1
             process.send_signal(signal.SIGKILL)
             break
@@ -212,10 +261,15 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_p
 
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(teacher_workdir, tmp_path):
-    common = ["--config.stage=distill", "--config.method=kd",
-              f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
-              "--config.student.optimizer.epochs=3", "--config.max_steps_per_epoch=0",
-              "--config.checkpoint_every_steps=1000", "--config.log_every_steps=1"]
+    common = [
+        "--config.stage=distill",
+        "--config.method=kd",
+        f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
+        "--config.student.optimizer.epochs=3",
+        "--config.max_steps_per_epoch=0",
+        "--config.checkpoint_every_steps=1000",
+        "--config.log_every_steps=1",
+    ]
     process = cli(tmp_path, *common, num_examples=48, wait=False)
     metrics_file = tmp_path / "metrics.jsonl"
     deadline = time.time() + 300

@@ -13,12 +13,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_plot_run_writes_curves(tmp_path):
     records = [
         {"stage": "teacher", "split": "train", "step": 1, "loss": 2.0, "ce": 2.0},
-        {"stage": "teacher", "split": "test", "step": 2, "accuracy": 0.5,
-         "accuracy_per_t": [0.5]},
-        {"stage": "student", "split": "train", "step": 1, "loss": 9.0, "ce": 2.1, "kd": 0.4,
-         "calibration": 0.08},
-        {"stage": "student", "split": "test", "step": 2, "accuracy": 0.4,
-         "accuracy_per_t": [0.3, 0.4]},
+        {"stage": "teacher", "split": "test", "step": 2, "accuracy": 0.5, "accuracy_per_t": [0.5]},
+        {
+            "stage": "student",
+            "split": "train",
+            "step": 1,
+            "loss": 9.0,
+            "ce": 2.1,
+            "kd": 0.4,
+            "calibration": 0.08,
+        },
+        {
+            "stage": "student",
+            "split": "test",
+            "step": 2,
+            "accuracy": 0.4,
+            "accuracy_per_t": [0.3, 0.4],
+        },
     ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     output = plots.plot_run(tmp_path)
@@ -27,7 +38,7 @@ def test_plot_run_writes_curves(tmp_path):
 
 
 def test_plot_run_without_metrics_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl"):
         plots.plot_run(tmp_path)
 
 

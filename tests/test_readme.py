@@ -18,7 +18,11 @@ def test_readme_python_example_runs(capsys):
 def test_readme_test_command_is_what_ci_runs():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    command = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dvs,dev]' && " \
-              ".venv/bin/python -m pytest"
+    command = (
+        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dvs,dev]' && "
+        ".venv/bin/python -m pytest"
+    )
     assert command in text and command in ci
-    assert ".venv/bin/python -m pytest -m slow" in text and ".venv/bin/python -m pytest -m slow" in ci
+    assert (
+        ".venv/bin/python -m pytest -m slow" in text and ".venv/bin/python -m pytest -m slow" in ci
+    )

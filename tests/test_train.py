@@ -26,7 +26,7 @@ class FakeSplit:
 
     def __init__(self, logits, labels, mask):
         self.batches = [
-            {"image": logits[i:i + 4], "label": labels[i:i + 4], "mask": mask[i:i + 4]}
+            {"image": logits[i : i + 4], "label": labels[i : i + 4], "mask": mask[i : i + 4]}
             for i in (0, 4)
         ]
 
@@ -47,8 +47,9 @@ def test_evaluation_counts_cumulative_time_steps_and_skips_padding():
     logits[5:] = [[9, 0, 0], [9, 0, 0]]  # padding: "right" but masked out
     mask = np.arange(8) < 5
     mesh = parallel.make_mesh()
-    result = train.evaluate(train.make_eval_step(LogitsEcho(), mesh), {},
-                            FakeSplit(logits, labels, mask), mesh)
+    result = train.evaluate(
+        train.make_eval_step(LogitsEcho(), mesh), {}, FakeSplit(logits, labels, mask), mesh
+    )
     assert result["count"] == 5
     assert result["accuracy_per_t"] == [3 / 5, 3 / 5]
     assert result["accuracy"] == 3 / 5
@@ -63,11 +64,13 @@ def test_evaluation_refuses_a_wrong_example_count():
 
 
 def test_step_schedule_decays_at_epoch_boundaries():
-    optim = configuration.optimizer_config(learning_rate=0.1, epochs=4, batch_size=8,
-                                           decay_epochs=(2, 3))
+    optim = configuration.optimizer_config(
+        learning_rate=0.1, epochs=4, batch_size=8, decay_epochs=(2, 3)
+    )
     _, schedule = train.make_optimizer(optim, steps_per_epoch=10)
     assert [float(schedule(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
-        [0.1, 0.1, 0.01, 0.01, 0.001])
+        [0.1, 0.1, 0.01, 0.01, 0.001]
+    )
     optim.schedule, optim.warmup_epochs = "cosine", 1
     _, schedule = train.make_optimizer(optim, steps_per_epoch=10)
     assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(0.1)
@@ -75,9 +78,16 @@ def test_step_schedule_decays_at_epoch_boundaries():
 
 
 def test_weight_decay_is_coupled_like_pytorch_sgd():
-    optim = ml_collections.ConfigDict(configuration.optimizer_config(
-        learning_rate=0.1, epochs=1, batch_size=8, weight_decay=0.5, momentum=0.0,
-        schedule="constant"))
+    optim = ml_collections.ConfigDict(
+        configuration.optimizer_config(
+            learning_rate=0.1,
+            epochs=1,
+            batch_size=8,
+            weight_decay=0.5,
+            momentum=0.0,
+            schedule="constant",
+        )
+    )
     tx, _ = train.make_optimizer(optim, steps_per_epoch=1)
     params = {"w": jnp.array([2.0])}
     updates, _ = tx.update({"w": jnp.array([1.0])}, tx.init(params), params)
@@ -92,19 +102,21 @@ def test_bfloat16_distillation_step_keeps_float32_parameters():
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
     images = rng.normal(size=(8, 16, 16, 1)).astype(np.float32)
-    batch = {"image": images, "label": rng.integers(0, 10, 8).astype(np.int32),
-             "mask": np.ones(8, bool)}
+    batch = {
+        "image": images,
+        "label": rng.integers(0, 10, 8).astype(np.int32),
+        "mask": np.ones(8, bool),
+    }
     parts = train.build_distillation(config, 10, images)
     key = jax.random.key(0)
     student_vars = parts.student.init(key, images, train=False)
     teacher_vars = parts.teacher.init(key, images, train=False)
-    params = {"student": student_vars["params"],
-              "calibration": parts.init_calibration(key, images)}
+    params = {"student": student_vars["params"], "calibration": parts.init_calibration(key, images)}
     tx = optax.sgd(0.01, momentum=0.9)
     step = train.make_train_step(parts.objective, tx, optax.constant_schedule(0.01), mesh)
-    state = train.new_state(parallel.replicate(params, mesh), student_vars["batch_stats"], tx,
-                            mesh)
-    state, metrics = step(state, parallel.replicate(teacher_vars, mesh),
-                          parallel.shard_batch(batch, mesh))
+    state = train.new_state(parallel.replicate(params, mesh), student_vars["batch_stats"], tx, mesh)
+    state, metrics = step(
+        state, parallel.replicate(teacher_vars, mesh), parallel.shard_batch(batch, mesh)
+    )
     assert np.isfinite(float(metrics["loss"])) and float(metrics["calibration"]) > 0
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
