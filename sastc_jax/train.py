@@ -637,13 +637,14 @@ def run_stage(
         best_accuracy = best[1].get("accuracy") if best else None
 
         def save(state, eval_metrics=None) -> None:
+            # A step already under latest/ (periodic save, then the epoch's evaluation)
+            # is kept as it is; the evaluated one may still become the best.
             nonlocal saved_step
             ckpts.save(
                 step,
                 portable(state, mesh),
                 metadata={**stage.record, "step": step},
                 metrics=eval_metrics,
-                force=True,
             )
             saved_step = step
 
