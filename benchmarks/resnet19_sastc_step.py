@@ -32,7 +32,7 @@ def measure(method: str, batch: int, time_steps: int, steps: int, dtype: str) ->
     teacher_vars = parts.teacher.init(key, images, train=False)
     params = {"student": student_vars["params"]}
     if parts.calibrator is not None:
-        params["calibration"] = parts.init_calibration(key, np.zeros(images.shape))
+        params["calibration"] = parts.init_calibration(key)
     batch_data = {"image": images, "label": labels}
 
     @jax.jit

@@ -275,11 +275,7 @@ class Stage:
 def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
     """Train and test datasets for this process's share of a global batch."""
     process_count = jax.process_count()
-    if global_batch % mesh.size:
-        raise ValueError(
-            f"The global batch {global_batch} does not divide by the {mesh.size} "
-            f"devices of this run; use a multiple of {mesh.size}."
-        )
+    parallel.local_batch_size(global_batch, mesh)  # raises unless it divides by the devices
     common = dict(
         batch_size=global_batch // process_count,
         time_steps=config.time_steps,
@@ -392,13 +388,12 @@ class Distillation:
     teacher: flax.linen.Module | None  # None for 'ce'
     calibrator: calibration.Calibration | None  # None for 'ce' and 'kd'
     objective: Objective
+    # Shapes of the taps the calibrator was built for (empty without a calibrator).
+    tap_shapes: tuple[list[jax.ShapeDtypeStruct], list[jax.ShapeDtypeStruct]] = ([], [])
 
-    def init_calibration(self, rng: Array, sample: np.ndarray) -> dict:
+    def init_calibration(self, rng: Array) -> dict:
         """Calibration parameters (zero taps of the right shapes: only shapes matter)."""
-        zeros = [
-            [jnp.zeros(tap.shape, jnp.float32) for tap in tap_shapes(model, sample)]
-            for model in (self.student, self.teacher)
-        ]
+        zeros = [[jnp.zeros(tap.shape, jnp.float32) for tap in taps] for taps in self.tap_shapes]
         return self.calibrator.init(rng, *zeros)["params"]
 
 
@@ -410,18 +405,18 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
     """
     student = build_student(config, num_classes)
     teacher = build_teacher(config, num_classes) if config.method != "ce" else None
-    calibrator = None
+    calibrator, taps = None, ([], [])
     if config.method in losses.CALIBRATED_METHODS:
+        taps = (tap_shapes(student, sample), tap_shapes(teacher, sample))
         calibrator = calibration.calibration_module(
-            tap_shapes(student, sample),
-            tap_shapes(teacher, sample),
+            *taps,
             method=config.method,
             embed_dim=config.calibration.embed_dim or None,
             dtype=compute_dtype(config),
         )
     weights = losses.LossWeights(**config.loss.to_dict())
     objective = student_objective(student, teacher, calibrator, config.method, weights)
-    return Distillation(student, teacher, calibrator, objective)
+    return Distillation(student, teacher, calibrator, objective, taps)
 
 
 def distill_stage(config, mesh, workdir: Path) -> Stage:
@@ -436,7 +431,7 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
     params = {"student": variables["params"]}
     if parts.calibrator is not None:
         init = jax.jit(parts.init_calibration, out_shardings=parallel.replicated(mesh))
-        params["calibration"] = init(rng_calibration, sample)
+        params["calibration"] = init(rng_calibration)
     frozen, teacher_record = {}, {}
     if parts.teacher is not None:
         teacher_vars, teacher_record = checkpointing.load_teacher(

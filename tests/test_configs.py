@@ -116,7 +116,7 @@ def test_config_traces_one_step_on_mock_data(name, tmp_path):
     teacher_vars = jax.eval_shape(lambda: parts.teacher.init(key, sample, train=False))
     params = {"student": student_vars["params"]}
     if parts.calibrator is not None:
-        params["calibration"] = jax.eval_shape(parts.init_calibration, key, sample)
+        params["calibration"] = jax.eval_shape(parts.init_calibration, key)
 
     tx, schedule = train.make_optimizer(config.student.optimizer, steps_per_epoch=10)
     state = train.TrainState(

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from test_distributed import finish
 
 from sastc_jax import checkpointing
 
@@ -54,13 +55,8 @@ def run(command: list[str], env: dict, timeout: int = TIMEOUT) -> subprocess.Com
         text=True,
         start_new_session=True,
     )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{command[:3]} timed out after {timeout}s:\n{output[-4000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, output, "")
+    status, output = finish(process, timeout)
+    return subprocess.CompletedProcess(command, status, output, "")
 
 
 def records(workdir: Path, split: str) -> list[dict]:

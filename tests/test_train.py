@@ -111,7 +111,7 @@ def test_bfloat16_distillation_step_keeps_float32_parameters():
     key = jax.random.key(0)
     student_vars = parts.student.init(key, images, train=False)
     teacher_vars = parts.teacher.init(key, images, train=False)
-    params = {"student": student_vars["params"], "calibration": parts.init_calibration(key, images)}
+    params = {"student": student_vars["params"], "calibration": parts.init_calibration(key)}
     tx = optax.sgd(0.01, momentum=0.9)
     step = train.make_train_step(parts.objective, tx, optax.constant_schedule(0.01), mesh)
     state = train.new_state(parallel.replicate(params, mesh), student_vars["batch_stats"], tx, mesh)
