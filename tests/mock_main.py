@@ -2,16 +2,44 @@
 TFDS dataset replaced by ``tfds.testing.mock_data`` (random examples, no files, no network).
 
 For subprocess tests. ``MOCK_NUM_EXAMPLES`` sets the size of every split (default 64).
+``MOCK_STEP_SECONDS`` makes every training step last at least that long, so a test that
+signals a running job has a window that does not depend on how fast the machine is.
 """
 
 import os
+import time
 
+import jax
 import tensorflow_datasets as tfds
 from absl import app
 
-from sastc_jax import main
+from sastc_jax import main, train
 
-if __name__ == "__main__":
+_make_train_step = train.make_train_step
+
+
+def make_throttled_train_step(*args, **kwargs):
+    """``train.make_train_step`` whose steps last at least ``MOCK_STEP_SECONDS``."""
+    step = _make_train_step(*args, **kwargs)
+    seconds = float(os.environ["MOCK_STEP_SECONDS"])
+
+    def throttled(*step_args):
+        finish = time.monotonic() + seconds
+        outputs = jax.block_until_ready(step(*step_args))
+        time.sleep(max(0.0, finish - time.monotonic()))
+        return outputs
+
+    return throttled
+
+
+def run_mocked_main() -> None:
+    """``sastc_jax.main`` under mock data, with the throttle when the environment asks."""
+    if "MOCK_STEP_SECONDS" in os.environ:
+        train.make_train_step = make_throttled_train_step
     num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
     with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
         app.run(main.main)
+
+
+if __name__ == "__main__":
+    run_mocked_main()

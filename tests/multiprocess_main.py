@@ -1,21 +1,20 @@
 """``python tests/multiprocess_main.py --config=... --workdir=...``: the real command line under
-TFDS mock data (as ``tests/mock_main.py``), which also saves every process's final train
-state of each stage as ``WORKDIR/final_<stage>_process<i>.npz`` for the multi-process tests.
+TFDS mock data (``tests/mock_main.py``, whose environment variables apply), which also saves
+every process's final train state of each stage as ``WORKDIR/final_<stage>_process<i>.npz``
+for the multi-process tests.
 
 A state leaf is saved from one of this process's devices, after checking that all of this
 process's copies agree (parameters are replicated; batch statistics are averaged and copied
-to every device before the end of a stage). ``MOCK_NUM_EXAMPLES`` sets the split sizes.
+to every device before the end of a stage).
 """
 
-import os
 from pathlib import Path
 
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
-from absl import app
+from mock_main import run_mocked_main
 
-from sastc_jax import main, train
+from sastc_jax import train
 
 _run_stage = train.run_stage
 
@@ -40,6 +39,4 @@ def run_stage_and_save(stage, config, workdir, mesh, logger):
 
 if __name__ == "__main__":
     train.run_stage = run_stage_and_save
-    num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
-    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
-        app.run(main.main)
+    run_mocked_main()

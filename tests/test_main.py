@@ -29,8 +29,9 @@ SMALL = [
 ]
 
 
-def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True):
-    """Run the real command line (under TFDS mock data) in a subprocess."""
+def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True, step_seconds=0.0):
+    """Run the real command line (under TFDS mock data) in a subprocess; ``step_seconds``
+    makes each training step last at least that long (a window for signals)."""
     command = [
         sys.executable,
         str(REPO / "tests" / "mock_main.py"),
@@ -39,6 +40,8 @@ def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True):
         *overrides,
     ]
     env = dict(os.environ, MOCK_NUM_EXAMPLES=str(num_examples), JAX_PLATFORMS="cpu")
+    if step_seconds:
+        env["MOCK_STEP_SECONDS"] = str(step_seconds)
     if not wait:
         return subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -234,7 +237,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_p
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_dir = tmp_path / "killed"
-    process = cli(killed_dir, *common, num_examples=48, wait=False)
+    process = cli(killed_dir, *common, num_examples=48, wait=False, step_seconds=0.1)
     deadline = time.time() + 300
     latest = killed_dir / "student" / "latest"
     while time.time() < deadline and process.poll() is None:
@@ -270,7 +273,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(teacher_workdir, tmp_pat
         "--config.checkpoint_every_steps=1000",
         "--config.log_every_steps=1",
     ]
-    process = cli(tmp_path, *common, num_examples=48, wait=False)
+    process = cli(tmp_path, *common, num_examples=48, wait=False, step_seconds=0.1)
     metrics_file = tmp_path / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:

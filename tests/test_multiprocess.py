@@ -216,7 +216,11 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_on_one_proces
     launcher = subprocess.Popen(
         ["bash", str(LAUNCH), "-n", "2", "-d", "2", "-l", str(logs), "--", *args],
         cwd=REPO,
-        env=environment(PYTHON=sys.executable, MOCK_NUM_EXAMPLES=str(examples)),
+        # JAX's preemption notifier polls for SIGTERM once a second and then agrees a step
+        # with the other process: 0.3 s steps keep the 50-step epoch (15 s) well past that.
+        env=environment(
+            PYTHON=sys.executable, MOCK_NUM_EXAMPLES=str(examples), MOCK_STEP_SECONDS="0.3"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
