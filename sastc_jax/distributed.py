@@ -267,10 +267,14 @@ def check_layout(num_processes: int) -> None:
             np.asarray([requested, jax.local_device_count()], np.int32)
         )
     ).reshape(jax.process_count(), 2)
-    if len(set(rows[:, 0].tolist())) > 1:
-        listed = ", ".join(f"process {i}: {n}" for i, n in enumerate(rows[:, 0].tolist()))
+    counts, devices = rows.T.tolist()
+
+    def per_process(values: list[int]) -> str:
+        return ", ".join(f"process {i}: {n}" for i, n in enumerate(values))
+
+    if len(set(counts)) > 1:
         raise DistributedError(
-            f"The processes were started with different --num_processes ({listed}); "
+            f"The processes were started with different --num_processes ({per_process(counts)}); "
             f"the runtime has {jax.process_count()}. Give every process the same value."
         )
     if requested != jax.process_count():
@@ -278,12 +282,11 @@ def check_layout(num_processes: int) -> None:
             f"Asked for {requested} processes but the runtime has {jax.process_count()}; "
             "fix --num_processes (or the job's task count)."
         )
-    if len(set(rows[:, 1].tolist())) > 1:
-        listed = ", ".join(f"process {i}: {n}" for i, n in enumerate(rows[:, 1].tolist()))
+    if len(set(devices)) > 1:
         raise DistributedError(
-            f"The processes have different numbers of local devices ({listed}); start the "
-            "same number of devices per process (e.g. JAX_LOCAL_DEVICE_IDS / "
-            "CUDA_VISIBLE_DEVICES / --xla_force_host_platform_device_count)."
+            "The processes have different numbers of local devices "
+            f"({per_process(devices)}); start the same number of devices per process (e.g. "
+            "JAX_LOCAL_DEVICE_IDS / CUDA_VISIBLE_DEVICES / --xla_force_host_platform_device_count)."
         )
 
 

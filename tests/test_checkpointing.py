@@ -4,7 +4,6 @@ import gc
 import inspect
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from flax import struct
+from processes import environment, free_port
 
 from sastc_jax.checkpointing import (
     CheckpointError,
@@ -37,7 +37,6 @@ def _collect_abandoned_coroutines():
     gc.collect()
 
 
-REPO = Path(__file__).resolve().parents[1]
 TX = optax.sgd(0.1, momentum=0.9)
 
 
@@ -332,11 +331,7 @@ def test_restore_on_another_device_count(tmp_path):
     """1 device -> 4 replicated (in a child process with 4 host devices) -> 1 device."""
     with Checkpoints(tmp_path / "one") as ckpts:
         ckpts.save(1, dict_state(2), metadata={})
-    env = os.environ | {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(REPO),
-    }
+    env = environment(XLA_FLAGS="--xla_force_host_platform_device_count=4")
     args = [sys.executable, "-c", FOUR_DEVICE_CHILD, str(tmp_path / "one"), str(tmp_path / "four")]
     child = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-3000:]
@@ -388,10 +383,7 @@ print("OK", jax.process_index())
 @pytest.mark.slow
 def test_two_processes_share_one_checkpoint_directory(tmp_path):
     """Two jax.distributed CPU processes save, prune and restore together."""
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        port = sock.getsockname()[1]
-    env = os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    port, env = free_port(), environment()
     children = [
         subprocess.Popen(
             [

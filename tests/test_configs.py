@@ -82,6 +82,18 @@ def abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
 
 
+def abstract_state(params, batch_stats, tx) -> train.TrainState:
+    """The shapes of a one-device train state (batch statistics on a leading device axis)."""
+    return train.TrainState(
+        step=jax.ShapeDtypeStruct((), np.int32),
+        params=params,
+        batch_stats=jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batch_stats
+        ),
+        opt_state=jax.eval_shape(tx.init, params),
+    )
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_traces_one_step_on_mock_data(name, tmp_path):
     config = load_config(name)
@@ -119,27 +131,13 @@ def test_config_traces_one_step_on_mock_data(name, tmp_path):
         params["calibration"] = jax.eval_shape(parts.init_calibration, key)
 
     tx, schedule = train.make_optimizer(config.student.optimizer, steps_per_epoch=10)
-    state = train.TrainState(
-        step=jax.ShapeDtypeStruct((), np.int32),
-        params=params,
-        batch_stats=jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), student_vars["batch_stats"]
-        ),
-        opt_state=jax.eval_shape(tx.init, params),
-    )
+    state = abstract_state(params, student_vars["batch_stats"], tx)
     step = train.make_train_step(parts.objective, tx, schedule, mesh)
     new_state, metrics = jax.eval_shape(step, state, teacher_vars, abstract(batch))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert {"loss", "ce", "kd", "calibration", "accuracy"} <= set(metrics)
 
     teacher_step = train.make_train_step(train.teacher_objective(parts.teacher), tx, schedule, mesh)
-    teacher_state = train.TrainState(
-        step=state.step,
-        params=teacher_vars["params"],
-        batch_stats=jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), teacher_vars["batch_stats"]
-        ),
-        opt_state=jax.eval_shape(tx.init, teacher_vars["params"]),
-    )
+    teacher_state = abstract_state(teacher_vars["params"], teacher_vars["batch_stats"], tx)
     _, teacher_metrics = jax.eval_shape(teacher_step, teacher_state, {}, abstract(batch))
     assert teacher_metrics["loss"].shape == ()

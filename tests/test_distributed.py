@@ -7,59 +7,33 @@ hang fails the test instead of blocking it. Each takes a few seconds.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from processes import REPO, environment, finish, free_port, run
 
 from sastc_jax import configuration, distributed
 from sastc_jax.distributed import DistributedError
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
 NO_TPU = dict(has_tpu=lambda: False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def env(**extra) -> dict:
-    out = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **extra)
-    out.pop("XLA_FLAGS", None)
-    out.update(extra)
-    return out
 
 
 def start(code: str, *args: str, **extra) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         cwd=REPO,
-        env=env(**extra),
+        env=environment(**extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
-
-
-def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
-    """(exit status, stdout + stderr); kills the process group and fails on timeout."""
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"hung for {timeout}s:\n{(out + (err or ''))[-3000:]}")
-    return process.returncode, out + (err or "")
 
 
 JOIN = """
@@ -195,7 +169,7 @@ def test_global_batch_not_divisible_by_the_device_count():
 def test_unreachable_coordinator_fails_fast_with_a_clear_message(tmp_path):
     """The command line, as process 1 of 2, with nobody serving the coordinator."""
     port = free_port()
-    process = subprocess.Popen(
+    completed = run(
         [
             sys.executable,
             "-m",
@@ -207,14 +181,10 @@ def test_unreachable_coordinator_fails_fast_with_a_clear_message(tmp_path):
             "--process_id=1",
             "--initialization_timeout=2",
         ],
-        cwd=REPO,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        environment(),
+        timeout=120,
     )
-    status, output = finish(process, timeout=120)
+    status, output = completed.returncode, completed.stdout
     assert status == 1, output[-3000:]
     assert f"error: The coordinator 127.0.0.1:{port} did not answer within 2s" in output
     assert "Check failure" not in output  # no abort from JAX's runtime
@@ -282,16 +252,12 @@ def test_tpu_script_explains_its_settings():
 
 
 def launch(*args: str, timeout: float = 120) -> tuple[int, str]:
-    process = subprocess.Popen(
+    completed = run(
         ["bash", str(LAUNCH / "local_multiprocess.sh"), *args],
-        cwd=REPO,
-        env=env(PYTHON=sys.executable, STOP_GRACE="3"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        environment(PYTHON=sys.executable, STOP_GRACE="3"),
+        timeout,
     )
-    return finish(process, timeout=timeout)
+    return completed.returncode, completed.stdout
 
 
 COLLECTIVE = """

@@ -2,7 +2,6 @@
 stage), its error messages, and resuming after SIGKILL."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,8 +13,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from processes import REPO, environment
 
-REPO = Path(__file__).resolve().parents[1]
+from sastc_jax.metrics import read_metrics
+
 NUM_EXAMPLES = 24
 SMALL = [
     "--config=configs/quickstart.py",
@@ -39,7 +40,7 @@ def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True, 
         *SMALL,
         *overrides,
     ]
-    env = dict(os.environ, MOCK_NUM_EXAMPLES=str(num_examples), JAX_PLATFORMS="cpu")
+    env = environment(MOCK_NUM_EXAMPLES=str(num_examples))
     if step_seconds:
         env["MOCK_STEP_SECONDS"] = str(step_seconds)
     if not wait:
@@ -49,11 +50,6 @@ def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True, 
     return subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-def records(workdir):
-    path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def latest_state(stage_dir):
@@ -75,12 +71,12 @@ def teacher_workdir(tmp_path_factory):
 
 
 def test_all_stages_train_save_and_summarise(teacher_workdir):
-    summaries = [r for r in records(teacher_workdir) if r["split"] == "summary"]
+    summaries = [r for r in read_metrics(teacher_workdir) if r["split"] == "summary"]
     assert [s["stage"] for s in summaries] == ["teacher", "student"]
     teacher, student = summaries
     assert teacher["step"] == 2 and student["step"] == 2
     assert len(student["accuracy_per_t"]) == 2  # T = 2: accuracy after 1 and 2 steps
-    evals = [r for r in records(teacher_workdir) if r["split"] == "test"]
+    evals = [r for r in read_metrics(teacher_workdir) if r["split"] == "test"]
     assert all(r["count"] == NUM_EXAMPLES for r in evals)  # the whole split, once
     assert (teacher_workdir / "teacher" / "final").is_dir()
     assert json.loads((teacher_workdir / "summary.json").read_text())[1]["method"] == "sastc"
@@ -98,7 +94,7 @@ def test_all_skips_an_existing_teacher(teacher_workdir, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "skipping the stage" in completed.stderr
-    assert [r["stage"] for r in records(tmp_path) if r["split"] == "summary"] == ["student"]
+    assert [r["stage"] for r in read_metrics(tmp_path) if r["split"] == "summary"] == ["student"]
 
 
 @pytest.mark.parametrize("method", ["ce", "kd", "layerwise", "spatial"])
@@ -110,18 +106,18 @@ def test_every_method_distils(method, teacher_workdir, tmp_path):
         f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}",
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    (summary,) = [r for r in records(tmp_path) if r["split"] == "summary"]
+    (summary,) = [r for r in read_metrics(tmp_path) if r["split"] == "summary"]
     assert summary["stage"] == "student" and summary["step"] == 2
     _, state = latest_state(tmp_path / "student")
     assert ("calibration" in state["params"]) == (method in ("layerwise", "spatial"))
-    train_records = [r for r in records(tmp_path) if r["split"] == "train"]
+    train_records = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
     assert train_records == [] or all(np.isfinite(r["loss"]) for r in train_records)
 
 
 def test_teacher_stage_alone(tmp_path):
     completed = cli(tmp_path, "--config.stage=teacher")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    (summary,) = [r for r in records(tmp_path) if r["split"] == "summary"]
+    (summary,) = [r for r in read_metrics(tmp_path) if r["split"] == "summary"]
     assert summary["stage"] == "teacher" and summary["accuracy_per_t"] == [
         summary["final_accuracy"]
     ]

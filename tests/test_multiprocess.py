@@ -9,7 +9,6 @@ second launch checks preemption: SIGTERM to one process stops both at the same s
 About 2.5 minutes on 2 CPU cores (the 2-process launch alone about 60 s): ``-m slow``.
 """
 
-import json
 import os
 import re
 import shutil
@@ -22,12 +21,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import processes
 import pytest
-from test_distributed import finish
+from processes import REPO, run
 
 from sastc_jax import checkpointing
+from sastc_jax.metrics import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "local_multiprocess.sh"
 NUM_EXAMPLES = 50  # training: 50 // 16 = 3 global batches; evaluation: 25 per process
 ARGS = ["--config=tests/configs/tiny_cifar.py", "--config.stage=all"]
@@ -36,32 +36,13 @@ TIMEOUT = 600
 pytestmark = pytest.mark.slow
 
 
-def environment(**extra) -> dict:
-    env = dict(os.environ, MOCK_NUM_EXAMPLES=str(NUM_EXAMPLES), JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("XLA_FLAGS", None)
-    env.update(extra)
-    return env
-
-
-def run(command: list[str], env: dict, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``command`` in its own process group; kill the whole group on timeout."""
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    status, output = finish(process, timeout)
-    return subprocess.CompletedProcess(command, status, output, "")
+def environment(**extra: str) -> dict[str, str]:
+    """The CPU child environment with ``MOCK_NUM_EXAMPLES`` (unless ``extra`` sets it)."""
+    return processes.environment(**{"MOCK_NUM_EXAMPLES": str(NUM_EXAMPLES), **extra})
 
 
 def records(workdir: Path, split: str) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("split") == split]
+    return [r for r in read_metrics(workdir) if r.get("split") == split]
 
 
 def final_state(workdir: Path, stage: str, process: int) -> dict[str, np.ndarray]:

@@ -3,10 +3,11 @@ by shard on one device with the gradients averaged (SPEC §6: every trainable pa
 the calibration module's too, is data-parallel)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
+
+from processes import environment
 
 SCRIPT = textwrap.dedent(
     """
@@ -86,9 +87,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_eight_devices_equal_per_device_program_on_one_device():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
+    env = environment(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     completed = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )
