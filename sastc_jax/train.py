@@ -1,4 +1,4 @@
-"""Training and evaluation: the data-parallel steps and the loop of one stage.
+"""The loop of one training stage: building, resume, preemption, logging, evaluation.
 
 Two stages share one loop:
 
@@ -6,11 +6,8 @@ Two stages share one loop:
 - ``distill``: the SNN student trained with ``config.method`` against the frozen
   teacher (inference mode, no gradient, no optimiser state).
 
-Every step is a per-device function over the local batch, compiled as
-``jax.jit(jax.shard_map(...))`` over a 1-D mesh of all devices; gradients of all
-trainable parameters (student and calibration module) are averaged with
-``pmean`` over ``'batch'``. The per-device batch is the calibration batch: the
-similarity matrices and the attention use that many samples.
+The per-device program of a step (objectives, train and eval steps) lives in
+:mod:`sastc_jax.step`; this module builds the stages from a config and runs them.
 """
 
 from __future__ import annotations
@@ -28,28 +25,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from jax.sharding import PartitionSpec as P
 
 from sastc_jax import calibration, checkpointing, data, losses, metrics, models, neurons, parallel
-from sastc_jax.parallel import AXIS
+from sastc_jax import step as step_lib
 
 Array = jax.Array
-Objective = Callable[..., tuple[Array, tuple[dict[str, Array], Any]]]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Replicated parameters and optimiser state; ``batch_stats`` has a leading
-    per-device axis (sharded over ``'batch'``) while training."""
-
-    step: Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-
-
-STATE_SPECS = TrainState(step=P(), params=P(), batch_stats=P(AXIS), opt_state=P())
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,177 +38,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class Preempted(SystemExit):
     """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
-
-
-def compute_dtype(config: ml_collections.ConfigDict):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-
-
-def make_optimizer(
-    optim: ml_collections.ConfigDict, steps_per_epoch: int
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """SGD with momentum and coupled weight decay (as PyTorch's SGD) and its schedule."""
-    total_steps = optim.epochs * steps_per_epoch
-    warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
-    if optim.schedule == "step":
-        boundaries = {
-            int(epoch * steps_per_epoch): optim.decay_factor for epoch in optim.decay_epochs
-        }
-        main = optax.piecewise_constant_schedule(optim.learning_rate, boundaries)
-    elif optim.schedule == "cosine":
-        main = optax.cosine_decay_schedule(optim.learning_rate, max(total_steps - warmup_steps, 1))
-    else:
-        main = optax.constant_schedule(optim.learning_rate)
-    if warmup_steps:
-        warmup = optax.linear_schedule(0.0, optim.learning_rate, warmup_steps)
-        schedule = optax.join_schedules([warmup, main], [warmup_steps])
-    else:
-        schedule = main
-    tx = optax.chain(
-        optax.add_decayed_weights(optim.weight_decay),
-        optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov),
-    )
-    return tx, schedule
-
-
-# --------------------------------------------------------------------------- objectives
-
-
-def teacher_objective(model: flax.linen.Module) -> Objective:
-    """Cross-entropy of an ANN. ``(params, batch_stats, frozen, batch) -> (loss, aux)``."""
-
-    def objective(params, batch_stats, frozen, batch):
-        del frozen
-        logits, mutated = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        loss = losses.cross_entropy(logits[None], batch["label"])
-        parts = {"ce": loss, "loss": loss, "accuracy": accuracy(logits[None], batch["label"])}
-        return loss, (parts, mutated["batch_stats"])
-
-    return objective
-
-
-def student_objective(
-    student: flax.linen.Module,
-    teacher: flax.linen.Module | None,
-    calibrator: calibration.Calibration | None,
-    method: str,
-    weights: losses.LossWeights,
-) -> Objective:
-    """The distillation loss of ``method`` for the student's parameters.
-
-    ``params = {'student': ..., 'calibration': ...}`` (no 'calibration' for ce/kd);
-    ``frozen`` holds the teacher's variables (empty for ``ce``).
-    """
-
-    def objective(params, batch_stats, frozen, batch):
-        teacher_logits, teacher_taps = None, None
-        if method != "ce":
-            teacher_logits, teacher_vars = teacher.apply(
-                frozen, batch["image"], train=False, mutable=["intermediates"]
-            )
-            teacher_logits = jax.lax.stop_gradient(teacher_logits)
-            teacher_taps = jax.lax.stop_gradient(models.get_taps(teacher_vars))
-        logits, student_vars = student.apply(
-            {"params": params["student"], "batch_stats": batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats", "intermediates"],
-        )
-        calibration_loss = None
-        if calibrator is not None:
-            calibration_loss, _ = calibrator.apply(
-                {"params": params["calibration"]}, models.get_taps(student_vars), teacher_taps
-            )
-        loss, parts = losses.total_loss(
-            method,
-            logits,
-            batch["label"],
-            teacher_logits=teacher_logits,
-            calibration=calibration_loss,
-            weights=weights,
-        )
-        parts["accuracy"] = accuracy(logits, batch["label"])
-        return loss, (parts, student_vars["batch_stats"])
-
-    return objective
-
-
-def accuracy(logits: Array, labels: Array) -> Array:
-    """Top-1 accuracy of the time-mean logits ``(T, B, K)``."""
-    return jnp.mean(jnp.argmax(jnp.mean(logits, axis=0), axis=-1) == labels)
-
-
-# --------------------------------------------------------------------------- steps
-
-
-def make_train_step(
-    objective: Objective, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh
-) -> Callable:
-    """``step(state, frozen, batch) -> (state, metrics)``, jitted over the mesh.
-
-    ``frozen`` (teacher variables) is replicated and never differentiated; the
-    state buffers are donated.
-    """
-
-    def per_device(state: TrainState, frozen, batch):
-        batch_stats = jax.tree.map(lambda x: x[0], state.batch_stats)
-        # Differentiate a per-device copy of the parameters (marked as varying over the
-        # axis, so autodiff inserts no implicit psum), then average explicitly.
-        local_params = jax.lax.pcast(state.params, AXIS, to="varying")
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-        (_, (parts, new_stats)), grads = grad_fn(local_params, batch_stats, frozen, batch)
-        grads = jax.lax.pmean(grads, AXIS)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        parts = jax.lax.pmean(parts, AXIS)
-        # Norms make a blow-up visible at the step that causes it (checked on the host).
-        parts["grad_norm"] = optax.global_norm(grads)
-        parts["param_norm"] = optax.global_norm(params)
-        parts["learning_rate"] = schedule(state.step)
-        new_state = TrainState(
-            step=state.step + 1,
-            params=params,
-            batch_stats=jax.tree.map(lambda x: x[None], new_stats),
-            opt_state=opt_state,
-        )
-        return new_state, parts
-
-    sharded = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(STATE_SPECS, P(), P(AXIS)), out_specs=(STATE_SPECS, P())
-    )
-    return jax.jit(sharded, donate_argnums=0)
-
-
-def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
-    """``eval_step(variables, batch) -> {'correct': (T,), 'count', 'loss_sum'}`` summed
-    over the whole mesh; masked (padding) examples count for nothing.
-
-    ``correct[t]`` counts hits of the mean logits over the first t+1 time steps.
-    """
-
-    def per_device(variables, batch):
-        logits = model.apply(variables, batch["image"], train=False)
-        if logits.ndim == 2:  # ANN: one "time step"
-            logits = logits[None]
-        logits = logits.astype(jnp.float32)
-        steps = jnp.arange(1, logits.shape[0] + 1, dtype=jnp.float32)[:, None, None]
-        cumulative = jnp.cumsum(logits, axis=0) / steps
-        mask = batch["mask"].astype(jnp.float32)
-        hits = (jnp.argmax(cumulative, axis=-1) == batch["label"]).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(cumulative[-1], batch["label"])
-        sums = {
-            "correct": jnp.sum(hits * mask, axis=1),
-            "count": jnp.sum(mask),
-            "loss_sum": jnp.sum(nll * mask),
-        }
-        return jax.lax.psum(sums, AXIS)
-
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
 
 
 def evaluate(eval_step: Callable, variables, dataset, mesh) -> dict[str, Any]:
@@ -265,7 +74,7 @@ class Stage:
     train_data: Any
     eval_data: Any
     optim: ml_collections.ConfigDict
-    state: TrainState
+    state: step_lib.TrainState
     frozen: Any
     train_step: Callable
     eval_step: Callable
@@ -306,7 +115,7 @@ def model_from_config(section: ml_collections.ConfigDict, role: str, **settings)
 
 def build_teacher(config, num_classes: int) -> flax.linen.Module:
     return model_from_config(
-        config.teacher, "teacher", num_classes=num_classes, dtype=compute_dtype(config)
+        config.teacher, "teacher", num_classes=num_classes, dtype=step_lib.compute_dtype(config)
     )
 
 
@@ -317,7 +126,7 @@ def build_student(config, num_classes: int) -> flax.linen.Module:
         num_classes=num_classes,
         time_steps=config.time_steps,
         neuron=neurons.LIFConfig(**config.neuron.to_dict()),
-        dtype=compute_dtype(config),
+        dtype=step_lib.compute_dtype(config),
     )
 
 
@@ -337,9 +146,9 @@ def init_variables(model: flax.linen.Module, rng: Array, sample: np.ndarray, mes
     return flax.core.unfreeze(init(rng, jnp.zeros(sample.shape, jnp.float32)))
 
 
-def new_state(params, batch_stats, tx, mesh) -> TrainState:
+def new_state(params, batch_stats, tx, mesh) -> step_lib.TrainState:
     opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(mesh))(params)
-    return TrainState(
+    return step_lib.TrainState(
         step=parallel.replicate(np.zeros((), np.int32), mesh),
         params=params,
         batch_stats=parallel.per_device_copies(batch_stats, mesh),
@@ -353,7 +162,7 @@ def teacher_stage(config, mesh) -> Stage:
     model = build_teacher(config, train_data.num_classes)
     sample = np.zeros((mesh.size, *train_data.input_shape), np.float32)
     variables = init_variables(model, jax.random.key(config.seed), sample, mesh)
-    tx, schedule = make_optimizer(optim, steps_per_epoch(config, train_data))
+    tx, schedule = step_lib.make_optimizer(optim, steps_per_epoch(config, train_data))
     return Stage(
         name="teacher",
         model=model,
@@ -362,8 +171,8 @@ def teacher_stage(config, mesh) -> Stage:
         optim=optim,
         state=new_state(variables["params"], variables["batch_stats"], tx, mesh),
         frozen={},
-        train_step=make_train_step(teacher_objective(model), tx, schedule, mesh),
-        eval_step=make_eval_step(model, mesh),
+        train_step=step_lib.make_train_step(step_lib.teacher_objective(model), tx, schedule, mesh),
+        eval_step=step_lib.make_eval_step(model, mesh),
         record={
             "model": config.teacher.model,
             "num_classes": train_data.num_classes,
@@ -387,7 +196,7 @@ class Distillation:
     student: flax.linen.Module
     teacher: flax.linen.Module | None  # None for 'ce'
     calibrator: calibration.Calibration | None  # None for 'ce' and 'kd'
-    objective: Objective
+    objective: step_lib.Objective
     # Shapes of the taps the calibrator was built for (empty without a calibrator).
     tap_shapes: tuple[list[jax.ShapeDtypeStruct], list[jax.ShapeDtypeStruct]] = ([], [])
 
@@ -412,10 +221,10 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
             *taps,
             method=config.method,
             embed_dim=config.calibration.embed_dim or None,
-            dtype=compute_dtype(config),
+            dtype=step_lib.compute_dtype(config),
         )
     weights = losses.LossWeights(**config.loss.to_dict())
-    objective = student_objective(student, teacher, calibrator, config.method, weights)
+    objective = step_lib.student_objective(student, teacher, calibrator, config.method, weights)
     return Distillation(student, teacher, calibrator, objective, taps)
 
 
@@ -440,7 +249,7 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
             num_classes=num_classes,
         )
         frozen = parallel.replicate(teacher_vars, mesh)
-    tx, schedule = make_optimizer(optim, steps_per_epoch(config, train_data))
+    tx, schedule = step_lib.make_optimizer(optim, steps_per_epoch(config, train_data))
     return Stage(
         name="student",
         model=parts.student,
@@ -449,8 +258,8 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
         optim=optim,
         state=new_state(params, variables["batch_stats"], tx, mesh),
         frozen=frozen,
-        train_step=make_train_step(parts.objective, tx, schedule, mesh),
-        eval_step=make_eval_step(parts.student, mesh),
+        train_step=step_lib.make_train_step(parts.objective, tx, schedule, mesh),
+        eval_step=step_lib.make_eval_step(parts.student, mesh),
         record={
             "model": config.student.model,
             "num_classes": num_classes,
@@ -477,13 +286,13 @@ def steps_per_epoch(config, dataset) -> int:
 # --------------------------------------------------------------------------- the loop
 
 
-def synced(state: TrainState, mesh) -> TrainState:
+def synced(state: step_lib.TrainState, mesh) -> step_lib.TrainState:
     """The state with batch statistics averaged across devices (before eval and saving)."""
     mean_stats = parallel.average_copies(state.batch_stats, mesh)
     return state.replace(batch_stats=parallel.per_device_copies(mean_stats, mesh))
 
 
-def portable(state: TrainState, mesh) -> TrainState:
+def portable(state: step_lib.TrainState, mesh) -> step_lib.TrainState:
     """Replicated form saved to disk: batch statistics averaged, no device axis."""
     return state.replace(batch_stats=parallel.average_copies(state.batch_stats, mesh))
 
@@ -704,7 +513,7 @@ def run_stage(
     return summary
 
 
-def eval_variables(state: TrainState, mesh) -> dict:
+def eval_variables(state: step_lib.TrainState, mesh) -> dict:
     """Inference variables of the trained model (the student's, in the distill stage)."""
     params = state.params.get("student", state.params)
     return {"params": params, "batch_stats": parallel.average_copies(state.batch_stats, mesh)}

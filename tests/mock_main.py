@@ -13,13 +13,14 @@ import jax
 import tensorflow_datasets as tfds
 from absl import app
 
-from sastc_jax import main, train
+from sastc_jax import main
+from sastc_jax import step as step_lib
 
-_make_train_step = train.make_train_step
+_make_train_step = step_lib.make_train_step
 
 
 def make_throttled_train_step(*args, **kwargs):
-    """``train.make_train_step`` whose steps last at least ``MOCK_STEP_SECONDS``."""
+    """``step_lib.make_train_step`` whose steps last at least ``MOCK_STEP_SECONDS``."""
     step = _make_train_step(*args, **kwargs)
     seconds = float(os.environ["MOCK_STEP_SECONDS"])
 
@@ -35,7 +36,7 @@ def make_throttled_train_step(*args, **kwargs):
 def run_mocked_main() -> None:
     """``sastc_jax.main`` under mock data, with the throttle when the environment asks."""
     if "MOCK_STEP_SECONDS" in os.environ:
-        train.make_train_step = make_throttled_train_step
+        step_lib.make_train_step = make_throttled_train_step
     num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
     with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
         app.run(main.main)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sastc_jax import configuration, data, parallel, train
+from sastc_jax import configuration, data, parallel, step, train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py"))
@@ -82,9 +82,9 @@ def abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
 
 
-def abstract_state(params, batch_stats, tx) -> train.TrainState:
+def abstract_state(params, batch_stats, tx) -> step.TrainState:
     """The shapes of a one-device train state (batch statistics on a leading device axis)."""
-    return train.TrainState(
+    return step.TrainState(
         step=jax.ShapeDtypeStruct((), np.int32),
         params=params,
         batch_stats=jax.tree.map(
@@ -130,14 +130,14 @@ def test_config_traces_one_step_on_mock_data(name, tmp_path):
     if parts.calibrator is not None:
         params["calibration"] = jax.eval_shape(parts.init_calibration, key)
 
-    tx, schedule = train.make_optimizer(config.student.optimizer, steps_per_epoch=10)
+    tx, schedule = step.make_optimizer(config.student.optimizer, steps_per_epoch=10)
     state = abstract_state(params, student_vars["batch_stats"], tx)
-    step = train.make_train_step(parts.objective, tx, schedule, mesh)
-    new_state, metrics = jax.eval_shape(step, state, teacher_vars, abstract(batch))
+    train_step = step.make_train_step(parts.objective, tx, schedule, mesh)
+    new_state, metrics = jax.eval_shape(train_step, state, teacher_vars, abstract(batch))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert {"loss", "ce", "kd", "calibration", "accuracy"} <= set(metrics)
 
-    teacher_step = train.make_train_step(train.teacher_objective(parts.teacher), tx, schedule, mesh)
+    teacher_step = step.make_train_step(step.teacher_objective(parts.teacher), tx, schedule, mesh)
     teacher_state = abstract_state(teacher_vars["params"], teacher_vars["batch_stats"], tx)
     _, teacher_metrics = jax.eval_shape(teacher_step, teacher_state, {}, abstract(batch))
     assert teacher_metrics["loss"].shape == ()

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from sastc_jax import configuration, parallel, train
+from sastc_jax import configuration, parallel, step, train
 
 
 class LogitsEcho(nn.Module):
@@ -48,7 +48,7 @@ def test_evaluation_counts_cumulative_time_steps_and_skips_padding():
     mask = np.arange(8) < 5
     mesh = parallel.make_mesh()
     result = train.evaluate(
-        train.make_eval_step(LogitsEcho(), mesh), {}, FakeSplit(logits, labels, mask), mesh
+        step.make_eval_step(LogitsEcho(), mesh), {}, FakeSplit(logits, labels, mask), mesh
     )
     assert result["count"] == 5
     assert result["accuracy_per_t"] == [3 / 5, 3 / 5]
@@ -60,19 +60,19 @@ def test_evaluation_refuses_a_wrong_example_count():
     split = FakeSplit(logits, labels, np.ones(8, bool))  # 8 counted, split says 5
     mesh = parallel.make_mesh()
     with pytest.raises(RuntimeError, match="counted 8 examples but the split has 5"):
-        train.evaluate(train.make_eval_step(LogitsEcho(), mesh), {}, split, mesh)
+        train.evaluate(step.make_eval_step(LogitsEcho(), mesh), {}, split, mesh)
 
 
 def test_step_schedule_decays_at_epoch_boundaries():
     optim = configuration.optimizer_config(
         learning_rate=0.1, epochs=4, batch_size=8, decay_epochs=(2, 3)
     )
-    _, schedule = train.make_optimizer(optim, steps_per_epoch=10)
+    _, schedule = step.make_optimizer(optim, steps_per_epoch=10)
     assert [float(schedule(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001]
     )
     optim.schedule, optim.warmup_epochs = "cosine", 1
-    _, schedule = train.make_optimizer(optim, steps_per_epoch=10)
+    _, schedule = step.make_optimizer(optim, steps_per_epoch=10)
     assert float(schedule(0)) == 0.0 and float(schedule(10)) == pytest.approx(0.1)
     assert float(schedule(40)) == pytest.approx(0.0, abs=1e-6)
 
@@ -88,7 +88,7 @@ def test_weight_decay_is_coupled_like_pytorch_sgd():
             schedule="constant",
         )
     )
-    tx, _ = train.make_optimizer(optim, steps_per_epoch=1)
+    tx, _ = step.make_optimizer(optim, steps_per_epoch=1)
     params = {"w": jnp.array([2.0])}
     updates, _ = tx.update({"w": jnp.array([1.0])}, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -113,9 +113,9 @@ def test_bfloat16_distillation_step_keeps_float32_parameters():
     teacher_vars = parts.teacher.init(key, images, train=False)
     params = {"student": student_vars["params"], "calibration": parts.init_calibration(key)}
     tx = optax.sgd(0.01, momentum=0.9)
-    step = train.make_train_step(parts.objective, tx, optax.constant_schedule(0.01), mesh)
+    train_step = step.make_train_step(parts.objective, tx, optax.constant_schedule(0.01), mesh)
     state = train.new_state(parallel.replicate(params, mesh), student_vars["batch_stats"], tx, mesh)
-    state, metrics = step(
+    state, metrics = train_step(
         state, parallel.replicate(teacher_vars, mesh), parallel.shard_batch(batch, mesh)
     )
     assert np.isfinite(float(metrics["loss"])) and float(metrics["calibration"]) > 0

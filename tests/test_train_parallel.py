@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
-    from sastc_jax import calibration, losses, models, parallel, train
+    from sastc_jax import calibration, losses, models, parallel, step, train
 
     mesh = parallel.make_mesh()
     assert mesh.size == 8, mesh
@@ -37,13 +37,13 @@ SCRIPT = textwrap.dedent(
     params = {"student": student_vars["params"],
               "calibration": calibrator.init(k3, student_taps, teacher_taps)["params"]}
     tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
-    objective = train.student_objective(student, teacher, calibrator, "sastc",
+    objective = step.student_objective(student, teacher, calibrator, "sastc",
                                         losses.LossWeights())
 
-    step = train.make_train_step(objective, tx, optax.constant_schedule(0.01), mesh)
+    train_step = step.make_train_step(objective, tx, optax.constant_schedule(0.01), mesh)
     state = train.new_state(parallel.replicate(params, mesh), student_vars["batch_stats"],
                             tx, mesh)
-    state, parts = step(state, parallel.replicate(teacher_vars, mesh),
+    state, parts = train_step(state, parallel.replicate(teacher_vars, mesh),
                         parallel.shard_batch(batch, mesh))
 
     # Reference: the same per-device objective, shard by shard on one device.
