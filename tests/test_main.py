@@ -198,7 +198,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(teacher_workdir, tm
     assert re.search(
         r"Non-finite loss or parameters at step 3: .*ce=.*param_norm=", completed.stderr
     ), completed.stderr[-3000:]
-    assert "the last good checkpoint (step 2) is kept" in completed.stderr
+    assert "the last verified checkpoint (step 2) is kept" in completed.stderr
     step, state = latest_state(tmp_path / "student")
     assert step == 2
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
