@@ -54,6 +54,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -329,8 +330,8 @@ def verify_checksums(step_dir: str | os.PathLike) -> list[str]:
         if not path.is_file():
             problems.append(f"{relative} is missing")
         elif (found := path.stat().length) != size:
-            kind = "truncated" if found < size else "grown"
-            problems.append(f"{relative} is {kind}: {found} bytes, {size} were written")
+            kind = "is truncated" if found < size else "has grown"
+            problems.append(f"{relative} {kind}: {found} bytes, {size} were written")
         elif _file_digest(path)[1] != digest:
             problems.append(f"{relative} does not match its SHA-256 (bytes altered)")
     return problems
@@ -345,8 +346,8 @@ def nonfinite_leaves(tree: PyTree) -> list[str]:
     """``'path: k of n values'`` for every floating-point leaf holding NaN or inf."""
     found = []
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not np.issubdtype(np.result_type(leaf), np.inexact):
-            continue
+        if not jnp.issubdtype(getattr(leaf, "dtype", np.result_type(leaf)), jnp.inexact):
+            continue  # (jnp's test knows bfloat16 is floating point; NumPy's does not)
         if isinstance(leaf, jax.Array):  # the process's own copies; one if replicated
             shards = leaf.addressable_shards[:1] if leaf.is_fully_replicated else None
             values = [np.asarray(s.data) for s in (shards or leaf.addressable_shards)]
@@ -752,7 +753,8 @@ class Checkpoints:
                 reason = _describe(self._verify(manager, step))
             if not reason:
                 try:
-                    state, metadata = self._load(manager, target, step, fix="see above")
+                    fix = f"use the config that wrote {path}, or another --workdir."
+                    state, metadata = self._load(manager, target, step, fix)
                 except CorruptCheckpointError as err:
                     reason = err.reason
             if _all_processes_agree(not reason):

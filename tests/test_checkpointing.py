@@ -548,14 +548,14 @@ def test_a_corrupt_best_step_is_moved_aside_even_when_latest_is_used(tmp_path, c
 
 
 def test_non_finite_values_after_restore_are_a_corrupt_checkpoint(tmp_path, caplog):
-    nan_state = make_state(seed=2, step=2).replace(
-        batch_stats={"bn": {"mean": jnp.full(2, jnp.nan)}}
-    )
+    state = make_state(seed=2, step=2)
+    nan_params = {"dense": {**state.params["dense"], "bias": jnp.full(2, jnp.inf, jnp.bfloat16)}}
+    nan_state = state.replace(params=nan_params)
     with Checkpoints(tmp_path) as ckpts:
         ckpts.save(1, make_state(seed=1, step=1), metadata={})
         ckpts.save(2, nan_state, metadata={})
     with Checkpoints(tmp_path) as ckpts:
-        with pytest.raises(CorruptCheckpointError, match=r"non-finite values .*'mean'.*2 of 2"):
+        with pytest.raises(CorruptCheckpointError, match=r"non-finite values .*'bias'.*2 of 2"):
             ckpts.restore(make_state(), step=2)
         resumed = ckpts.resume(make_state())
     assert resumed.step == 1
@@ -641,3 +641,14 @@ def test_verify_command_lists_every_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert checkpointing.main(["verify", f"--workdir={tmp_path / 'empty'}"]) == 1
     assert "no checkpoints found under" in capsys.readouterr().out
+
+
+def test_another_config_is_not_taken_for_corruption(tmp_path):
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, make_state(step=1), metadata={})
+    with Checkpoints(tmp_path) as ckpts, pytest.raises(CheckpointError) as info:
+        ckpts.resume(make_state(features=4))
+    assert not isinstance(info.value, CorruptCheckpointError)
+    assert "params/dense/kernel: shape (3, 2) stored" in str(info.value)
+    assert "use the config that wrote" in str(info.value)
+    assert step_dirs(tmp_path / "latest") == [1] and not (tmp_path / "corrupt").exists()
