@@ -382,6 +382,15 @@ with Checkpoints(workdir + "/run", max_to_keep=2) as ckpts:
     assert metadata == {"epoch": 3} and int(state["step"]) == 3
     state, metadata = ckpts.restore_best(abstract)
     assert metadata == {"epoch": 2} and int(state["step"]) == 2
+from jax.experimental import multihost_utils
+from pathlib import Path
+if jax.process_index() == 0:  # bit rot in the newest step: both processes fall back
+    data = max((Path(workdir) / "run/latest/3").rglob("d/*"), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:-1] + bytes([data.read_bytes()[-1] ^ 0xFF]))
+multihost_utils.sync_global_devices("corrupted")
+with Checkpoints(workdir + "/run", max_to_keep=2) as ckpts:
+    resumed = ckpts.resume(abstract)
+    assert resumed.step == 2 and int(resumed.state["step"]) == 2, resumed.path
 teacher = put({"params": {"w": jnp.ones(3)}})
 save_teacher(workdir + "/teacher", teacher, model="m", num_classes=2, dataset="d")
 variables, record = load_teacher(workdir + "/teacher", model="m", num_classes=2)
@@ -393,7 +402,7 @@ print("OK", jax.process_index())
 
 @pytest.mark.slow
 def test_two_processes_share_one_checkpoint_directory(tmp_path):
-    """Two jax.distributed CPU processes save, prune and restore together."""
+    """Two jax.distributed CPU processes save, prune, restore and fall back together."""
     port, env = free_port(), environment()
     children = [
         subprocess.Popen(
@@ -415,8 +424,9 @@ def test_two_processes_share_one_checkpoint_directory(tmp_path):
     outputs = [child.communicate(timeout=180) for child in children]
     for rank, (child, (out, err)) in enumerate(zip(children, outputs, strict=True)):
         assert child.returncode == 0 and f"OK {rank}" in out, err[-3000:]
-    assert step_dirs(tmp_path / "run" / "latest") == [2, 3]
+    assert step_dirs(tmp_path / "run" / "latest") == [2]
     assert step_dirs(tmp_path / "run" / "best") == [2]
+    assert [p.name for p in (tmp_path / "run" / "corrupt").iterdir()] == ["latest-3"]
 
 
 # ------------------------------------------------------------- integrity and fallback
