@@ -302,7 +302,7 @@ def write_checksums(step_dir: str | os.PathLike) -> None:
     manifest = {"algorithm": "sha256", "files": files, "files_digest": _listing_digest(files)}
     temporary = step_dir / (CHECKSUMS + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=1))
-    temporary.rename(step_dir / CHECKSUMS)
+    temporary.replace(step_dir / CHECKSUMS)
 
 
 def verify_checksums(step_dir: str | os.PathLike) -> list[str]:
