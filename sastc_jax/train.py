@@ -33,7 +33,7 @@ Array = jax.Array
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
+    """The loss became NaN/inf in training; the last verified checkpoint is kept."""
 
 
 class Preempted(SystemExit):
@@ -338,12 +338,19 @@ class SigtermFlag:
 
 
 def check_finite(step: int, parts: dict[str, float], last_checkpoint: int | None) -> None:
+    """Raise NonFiniteLossError (divergence) unless every loss part is finite.
+
+    ``last_checkpoint``: the newest checkpoint step verified intact (restored after
+    verification, or checksummed once written), not merely the last one saved. A
+    restored state is checked finite by the checkpoints themselves, so divergence here
+    is the training's own.
+    """
     if not all(np.isfinite(value) for value in parts.values()):
         described = ", ".join(f"{name}={value:.6g}" for name, value in parts.items())
         kept = (
-            f"the last good checkpoint (step {last_checkpoint}) is kept"
+            f"the last verified checkpoint (step {last_checkpoint}) is kept"
             if last_checkpoint is not None
-            else "no checkpoint had been saved yet"
+            else "no checkpoint had been verified yet"
         )
         raise NonFiniteLossError(
             f"Non-finite loss or parameters at step {step}: {described}; {kept}. "
@@ -430,12 +437,12 @@ def run_stage(
         ) as ckpts,
         SigtermFlag() as sigterm,
     ):
-        state, saved_step = stage.state, ckpts.latest_step()
-        if saved_step is not None:
-            restored, _ = ckpts.restore(portable(state, mesh), saved_step)
-            stats = parallel.per_device_copies(restored.batch_stats, mesh)
-            state = restored.replace(batch_stats=stats)
-            logger.info(f"[{stage.name}] resumed from step {saved_step} in {ckpts.directory}")
+        # The newest intact checkpoint; corrupt ones are reported and moved aside.
+        state, resumed = stage.state, ckpts.resume(portable(stage.state, mesh))
+        if resumed is not None:
+            stats = parallel.per_device_copies(resumed.state.batch_stats, mesh)
+            state = resumed.state.replace(batch_stats=stats)
+            logger.info(f"[{stage.name}] resumed from step {resumed.step} in {resumed.path}")
         step = int(jax.device_get(state.step))
         best = ckpts.best()
         best_accuracy = best[1].get("accuracy") if best else None
@@ -443,14 +450,12 @@ def run_stage(
         def save(state, eval_metrics=None) -> None:
             # A step already under latest/ (periodic save, then the epoch's evaluation)
             # is kept as it is; the evaluated one may still become the best.
-            nonlocal saved_step
             ckpts.save(
                 step,
                 portable(state, mesh),
                 metadata={**stage.record, "step": step},
                 metrics=eval_metrics,
             )
-            saved_step = step
 
         while step < total_steps:
             epoch, offset = divmod(step, steps)
@@ -462,19 +467,19 @@ def run_stage(
                     state, stage.frozen, parallel.shard_batch(batch, mesh)
                 )
                 step += 1
-                log.push(step, parts, saved_step)
+                log.push(step, parts, ckpts.verified_step())
                 stop = sigterm.stop_at(step)
                 if step % config.checkpoint_every_steps == 0 or stop:
-                    log.flush(saved_step)
+                    log.flush(ckpts.verified_step())
                     state = synced(state, mesh)
                     save(state)
                 if stop:
-                    log.end_epoch(saved_step)
+                    log.end_epoch(ckpts.verified_step())
                     raise Preempted(
                         f"SIGTERM at step {step}: checkpoint saved in "
                         f"{ckpts.directory}; rerun the same command to resume."
                     )
-            images += log.end_epoch(saved_step)
+            images += log.end_epoch(ckpts.verified_step())
             if (step // steps) % config.eval_every_epochs == 0 or step == total_steps:
                 state = synced(state, mesh)
                 last_eval = evaluate(

@@ -4,11 +4,14 @@ TFDS dataset replaced by ``tfds.testing.mock_data`` (random examples, no files, 
 For subprocess tests. ``MOCK_NUM_EXAMPLES`` sets the size of every split (default 64).
 ``MOCK_STEP_SECONDS`` makes every training step last at least that long, so a test that
 signals a running job has a window that does not depend on how fast the machine is.
+Checkpoint faults (see ``faults.py``): ``MOCK_ENOSPC_AT_STEP`` fails the write of that
+step with ENOSPC; ``MOCK_CHECKSUM_SECONDS`` delays the checksums after every commit.
 """
 
 import os
 import time
 
+import faults
 import jax
 import tensorflow_datasets as tfds
 from absl import app
@@ -37,6 +40,10 @@ def run_mocked_main() -> None:
     """``sastc_jax.main`` under mock data, with the throttle when the environment asks."""
     if "MOCK_STEP_SECONDS" in os.environ:
         step_lib.make_train_step = make_throttled_train_step
+    if "MOCK_ENOSPC_AT_STEP" in os.environ:
+        faults.fill_disk_at_step(int(os.environ["MOCK_ENOSPC_AT_STEP"]))
+    if "MOCK_CHECKSUM_SECONDS" in os.environ:
+        faults.delay_checksums(float(os.environ["MOCK_CHECKSUM_SECONDS"]))
     num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
     with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
         app.run(main.main)

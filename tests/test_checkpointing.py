@@ -2,6 +2,8 @@
 
 import gc
 import inspect
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -12,18 +14,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
+from faults import array_files, fill_disk_at_step, flip_byte, truncate
 from flax import struct
 from processes import environment, free_port
 
+from sastc_jax import checkpointing
 from sastc_jax.checkpointing import (
+    CHECKSUMS,
     CheckpointError,
     Checkpoints,
+    CorruptCheckpointError,
     TeacherMismatchError,
     load_teacher,
     save_teacher,
     teacher_exists,
+    verify_checksums,
+    verify_workdir,
 )
+
+JsonCheckpointHandler = ocp.handlers.JsonCheckpointHandler
 
 # A failed orbax restore abandons read coroutines / event-loop callbacks that are reported
 # when garbage-collected: harmless, and expected in the failure tests here. Collecting after
@@ -371,6 +382,15 @@ with Checkpoints(workdir + "/run", max_to_keep=2) as ckpts:
     assert metadata == {"epoch": 3} and int(state["step"]) == 3
     state, metadata = ckpts.restore_best(abstract)
     assert metadata == {"epoch": 2} and int(state["step"]) == 2
+from jax.experimental import multihost_utils
+from pathlib import Path
+if jax.process_index() == 0:  # bit rot in the newest step: both processes fall back
+    data = max((Path(workdir) / "run/latest/3").rglob("d/*"), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:-1] + bytes([data.read_bytes()[-1] ^ 0xFF]))
+multihost_utils.sync_global_devices("corrupted")
+with Checkpoints(workdir + "/run", max_to_keep=2) as ckpts:
+    resumed = ckpts.resume(abstract)
+    assert resumed.step == 2 and int(resumed.state["step"]) == 2, resumed.path
 teacher = put({"params": {"w": jnp.ones(3)}})
 save_teacher(workdir + "/teacher", teacher, model="m", num_classes=2, dataset="d")
 variables, record = load_teacher(workdir + "/teacher", model="m", num_classes=2)
@@ -382,7 +402,7 @@ print("OK", jax.process_index())
 
 @pytest.mark.slow
 def test_two_processes_share_one_checkpoint_directory(tmp_path):
-    """Two jax.distributed CPU processes save, prune and restore together."""
+    """Two jax.distributed CPU processes save, prune, restore and fall back together."""
     port, env = free_port(), environment()
     children = [
         subprocess.Popen(
@@ -404,5 +424,241 @@ def test_two_processes_share_one_checkpoint_directory(tmp_path):
     outputs = [child.communicate(timeout=180) for child in children]
     for rank, (child, (out, err)) in enumerate(zip(children, outputs, strict=True)):
         assert child.returncode == 0 and f"OK {rank}" in out, err[-3000:]
-    assert step_dirs(tmp_path / "run" / "latest") == [2, 3]
+    assert step_dirs(tmp_path / "run" / "latest") == [2]
     assert step_dirs(tmp_path / "run" / "best") == [2]
+    assert [p.name for p in (tmp_path / "run" / "corrupt").iterdir()] == ["latest-3"]
+
+
+# ------------------------------------------------------------- integrity and fallback
+
+
+def kind_of(relative: str) -> str:
+    """A saved file's kind: its path in the step with array file names and the directory
+    of commit markers left out (``state/ocdbt.process_0/d/*``, ``commit_success.txt``)."""
+    parts = relative.split("/")
+    if parts[-1] == "commit_success.txt":
+        return "commit_success.txt"
+    if len(parts) > 1 and parts[-2] == "d":
+        parts[-1] = "*"
+    return "/".join(parts)
+
+
+def files_by_kind(step_dir: Path) -> dict[str, Path]:
+    """One file of every kind in a step directory (the largest, for array data)."""
+    files = sorted((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: -p.stat().st_size)
+    chosen = {}
+    for path in files:
+        chosen.setdefault(kind_of(path.relative_to(step_dir).as_posix()), path)
+    return chosen
+
+
+def save_two_steps(directory: Path) -> None:
+    """latest/1 (also best/1, accuracy 0.5) and latest/2 (accuracy 0.4: not the best)."""
+    with Checkpoints(directory) as ckpts:
+        ckpts.save(1, make_state(seed=1, step=1), metadata={"n": 1}, metrics={"accuracy": 0.5})
+        ckpts.save(2, make_state(seed=2, step=2), metadata={"n": 2}, metrics={"accuracy": 0.4})
+
+
+def test_every_saved_file_is_checksummed(tmp_path):
+    save_two_steps(tmp_path / "run")
+    save_teacher(
+        tmp_path / "teacher", {"params": make_params(0)}, model="m", num_classes=2, dataset="d"
+    )
+    for step_dir in [
+        tmp_path / "run/latest/1",
+        tmp_path / "run/latest/2",
+        tmp_path / "run/best/1",
+        tmp_path / "teacher/0",
+    ]:
+        manifest = json.loads((step_dir / CHECKSUMS).read_text())
+        on_disk = {p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file()}
+        assert set(manifest["files"]) == on_disk - {CHECKSUMS}
+        assert verify_checksums(step_dir) == []
+    kinds = set(files_by_kind(tmp_path / "run/best/1"))
+    assert {
+        "state/ocdbt.process_0/d/*",
+        "state/_METADATA",
+        "metadata/metadata",
+        "metrics/metrics",
+        "_CHECKPOINT_METADATA",
+        CHECKSUMS,
+    } <= kinds
+
+
+def test_a_flipped_byte_in_any_file_of_the_newest_step_falls_back(tmp_path, caplog):
+    """Every kind of file of latest/2 in turn: resume reports it by path and reason, moves
+    the step aside and restores step 1 bit for bit."""
+    pristine = tmp_path / "pristine"
+    save_two_steps(pristine)
+    kinds = files_by_kind(pristine / "latest" / "2")
+    assert len(kinds) >= 8, sorted(kinds)
+    for kind, path in kinds.items():
+        run = tmp_path / kind.replace("/", "_").replace("*", "data")
+        shutil.copytree(pristine, run)
+        flip_byte(run / path.relative_to(pristine))
+        with Checkpoints(run) as ckpts:
+            caplog.clear()
+            resumed = ckpts.resume(make_state())
+            assert resumed.step == 1 and resumed.path == run / "latest" / "1", kind
+            assert_same_tree(resumed.state, make_state(seed=1, step=1))
+            assert resumed.metadata == {"n": 1}
+            assert ckpts.verified_step() == 1
+        warning = caplog.text
+        assert f"{run / 'latest' / '2'} (step 2) is corrupt" in warning, (kind, warning)
+        expected = CHECKSUMS if kind == CHECKSUMS else kind.split("*")[0]
+        assert expected in warning, (kind, warning)
+        assert step_dirs(run / "latest") == [1]
+        assert (run / "corrupt" / "latest-2").is_dir()  # kept for inspection
+
+
+CORRUPT_FILES = {
+    "truncated array file": (lambda d: truncate(array_files(d)[0]), "is truncated"),
+    "deleted array file": (lambda d: array_files(d)[0].unlink(), "is missing"),
+    "deleted json item": (lambda d: (d / "metadata" / "metadata").unlink(), "is missing"),
+    "interrupted checksums": (lambda d: (d / CHECKSUMS).unlink(), "save never finished"),
+}
+
+
+@pytest.mark.parametrize(("corrupt", "reason"), CORRUPT_FILES.values(), ids=CORRUPT_FILES.keys())
+def test_damaged_step_is_named_and_skipped(tmp_path, corrupt, reason, caplog):
+    save_two_steps(tmp_path)
+    corrupt(tmp_path / "latest" / "2")
+    with Checkpoints(tmp_path) as ckpts:
+        with pytest.raises(CorruptCheckpointError, match=reason) as info:
+            ckpts.restore(make_state())  # an explicit restore verifies and moves nothing
+        assert str(tmp_path / "latest" / "2") in str(info.value)
+        resumed = ckpts.resume(make_state())
+    assert resumed.step == 1 and reason in caplog.text
+    assert_same_tree(resumed.state, make_state(seed=1, step=1))
+
+
+def test_the_intact_best_step_is_used_when_newer_latest_steps_are_corrupt(tmp_path):
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, make_state(seed=1, step=1), metadata={"n": 1})
+        ckpts.save(2, make_state(seed=2, step=2), metadata={"n": 2}, metrics={"accuracy": 0.9})
+    flip_byte(array_files(tmp_path / "latest" / "2")[0])
+    with Checkpoints(tmp_path) as ckpts:
+        resumed = ckpts.resume(make_state())
+        assert resumed.step == 2 and resumed.path == tmp_path / "best" / "2"
+        assert_same_tree(resumed.state, make_state(seed=2, step=2))
+        assert ckpts.best() == (2, {"accuracy": 0.9})
+
+
+def test_a_corrupt_best_step_is_moved_aside_even_when_latest_is_used(tmp_path, caplog):
+    save_two_steps(tmp_path)
+    flip_byte(tmp_path / "best" / "1" / "metrics" / "metrics")
+    with Checkpoints(tmp_path) as ckpts:
+        resumed = ckpts.resume(make_state())
+        assert resumed.step == 2 and resumed.path == tmp_path / "latest" / "2"
+        assert ckpts.best() is None
+        with pytest.raises(CheckpointError, match="no best checkpoint"):
+            ckpts.restore_best(make_state())
+    assert f"{tmp_path / 'best' / '1'} (step 1) is corrupt" in caplog.text
+    assert (tmp_path / "corrupt" / "best-1").is_dir()
+
+
+def test_non_finite_values_after_restore_are_a_corrupt_checkpoint(tmp_path, caplog):
+    state = make_state(seed=2, step=2)
+    nan_params = {"dense": {**state.params["dense"], "bias": jnp.full(2, jnp.inf, jnp.bfloat16)}}
+    nan_state = state.replace(params=nan_params)
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, make_state(seed=1, step=1), metadata={})
+        ckpts.save(2, nan_state, metadata={})
+    with Checkpoints(tmp_path) as ckpts:
+        with pytest.raises(CorruptCheckpointError, match=r"non-finite values .*'bias'.*2 of 2"):
+            ckpts.restore(make_state(), step=2)
+        resumed = ckpts.resume(make_state())
+    assert resumed.step == 1
+    assert "non-finite values right after the restore" in caplog.text
+
+
+def test_no_intact_checkpoint_is_a_clear_error_then_a_fresh_start(tmp_path):
+    save_two_steps(tmp_path)
+    for step_dir in ["latest/1", "latest/2", "best/1"]:
+        flip_byte(array_files(tmp_path / step_dir)[0])
+    no_intact = pytest.raises(CorruptCheckpointError, match="no intact checkpoint")
+    with Checkpoints(tmp_path) as ckpts, no_intact as info:
+        ckpts.resume(make_state())
+    for step_dir in ["latest/1", "latest/2", "best/1"]:
+        assert str(tmp_path / step_dir) in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "corrupt").iterdir()) == [
+        "best-1",
+        "latest-1",
+        "latest-2",
+    ]
+    with Checkpoints(tmp_path) as ckpts:
+        assert ckpts.resume(make_state()) is None  # the rerun starts from scratch
+
+
+def test_a_full_disk_while_saving_keeps_the_earlier_steps_verified(tmp_path, monkeypatch):
+    # Registered with monkeypatch so the handler is restored after fill_disk_at_step.
+    monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", JsonCheckpointHandler._save_fn)
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, make_state(seed=1, step=1), metadata={})
+        ckpts.save(2, make_state(seed=2, step=2), metadata={})
+        fill_disk_at_step(3)
+        ckpts.save(3, make_state(seed=3, step=3), metadata={})  # fails in the background
+        with pytest.raises(CheckpointError) as info:
+            ckpts.wait_until_finished()
+    message = str(info.value)
+    assert f"cannot save the checkpoint at {tmp_path / 'latest' / '3'} (step 3)" in message
+    assert "No space left on device" in message and "last verified one is step 2" in message
+    assert verify_workdir(tmp_path, out=io.StringIO())
+    with Checkpoints(tmp_path) as ckpts:
+        resumed = ckpts.resume(make_state())
+    assert resumed.step == 2
+    assert_same_tree(resumed.state, make_state(seed=2, step=2))
+
+
+def test_corrupt_teacher_is_an_error_never_a_silent_teacher(tmp_path):
+    variables = {"params": make_params(4), "batch_stats": {"bn": {"var": jnp.ones(2)}}}
+    save_teacher(tmp_path / "good", variables, model="m", num_classes=2, dataset="d")
+    shutil.copytree(tmp_path / "good", tmp_path / "flipped")
+    flip_byte(array_files(tmp_path / "flipped" / "0")[0])
+    with pytest.raises(CorruptCheckpointError, match="does not match its SHA-256") as info:
+        load_teacher(tmp_path / "flipped", model="m", num_classes=2)
+    assert str(tmp_path / "flipped" / "0") in str(info.value) and "`teacher` stage" in str(
+        info.value
+    )
+    nan_variables = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), variables)
+    save_teacher(tmp_path / "nan", nan_variables, model="m", num_classes=2, dataset="d")
+    with pytest.raises(CorruptCheckpointError, match="non-finite values"):
+        load_teacher(tmp_path / "nan", model="m", num_classes=2)
+
+
+def test_verify_command_lists_every_checkpoint(tmp_path, capsys):
+    save_two_steps(tmp_path / "student")
+    save_teacher(
+        tmp_path / "teacher" / "final",
+        {"params": make_params(0)},
+        model="m",
+        num_classes=2,
+        dataset="d",
+    )
+    assert checkpointing.main(["verify", f"--workdir={tmp_path}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:-1] == [
+        f"intact   {tmp_path / path}"
+        for path in ["student/best/1", "student/latest/1", "student/latest/2", "teacher/final/0"]
+    ]
+    assert lines[-1] == "4 checkpoint(s): 4 intact, 0 corrupt"
+    truncate(array_files(tmp_path / "student" / "latest" / "2")[0])
+    assert checkpointing.main(["verify", f"--workdir={tmp_path}"]) == 1
+    out = capsys.readouterr().out
+    assert f"CORRUPT  {tmp_path / 'student/latest/2'}: state/ocdbt.process_0/d/" in out
+    assert "is truncated" in out and "4 checkpoint(s): 3 intact, 1 corrupt" in out
+    assert checkpointing.main(["verify", f"--workdir={tmp_path / 'student' / 'best'}"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert checkpointing.main(["verify", f"--workdir={tmp_path / 'empty'}"]) == 1
+    assert "no checkpoints found under" in capsys.readouterr().out
+
+
+def test_another_config_is_not_taken_for_corruption(tmp_path):
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, make_state(step=1), metadata={})
+    with Checkpoints(tmp_path) as ckpts, pytest.raises(CheckpointError) as info:
+        ckpts.resume(make_state(features=4))
+    assert not isinstance(info.value, CorruptCheckpointError)
+    assert "params/dense/kernel: shape (3, 2) stored" in str(info.value)
+    assert "use the config that wrote" in str(info.value)
+    assert step_dirs(tmp_path / "latest") == [1] and not (tmp_path / "corrupt").exists()

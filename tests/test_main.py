@@ -3,12 +3,14 @@ stage), its error messages, and resuming after SIGKILL."""
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import faults
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -30,9 +32,18 @@ SMALL = [
 ]
 
 
-def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True, step_seconds=0.0):
+def cli(
+    workdir,
+    *overrides,
+    num_examples=NUM_EXAMPLES,
+    timeout=600,
+    wait=True,
+    step_seconds=0.0,
+    faults=None,
+):
     """Run the real command line (under TFDS mock data) in a subprocess; ``step_seconds``
-    makes each training step last at least that long (a window for signals)."""
+    makes each training step last at least that long (a window for signals); ``faults``:
+    the checkpoint faults of ``mock_main`` to inject (environment variables)."""
     command = [
         sys.executable,
         str(REPO / "tests" / "mock_main.py"),
@@ -43,6 +54,7 @@ def cli(workdir, *overrides, num_examples=NUM_EXAMPLES, timeout=600, wait=True, 
     env = environment(MOCK_NUM_EXAMPLES=str(num_examples))
     if step_seconds:
         env["MOCK_STEP_SECONDS"] = str(step_seconds)
+    env.update(faults or {})
     if not wait:
         return subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -198,22 +210,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(teacher_workdir, tm
     assert re.search(
         r"Non-finite loss or parameters at step 3: .*ce=.*param_norm=", completed.stderr
     ), completed.stderr[-3000:]
-    assert "the last good checkpoint (step 2) is kept" in completed.stderr
+    assert "the last verified checkpoint (step 2) is kept" in completed.stderr
     step, state = latest_state(tmp_path / "student")
     assert step == 2
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
 
 
-def test_unreadable_checkpoint_is_reported(teacher_workdir, tmp_path):
+def test_no_intact_checkpoint_is_reported(tmp_path):
     completed = cli(tmp_path, "--config.stage=teacher")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    step_dir = tmp_path / "teacher" / "latest" / "2" / "state"
-    for path in step_dir.rglob("*"):
-        if path.is_file() and path.stat().st_size > 0:
-            path.write_bytes(b"garbage")
+    for kind in ("latest", "best"):  # the only step, 2, under both
+        for path in (tmp_path / "teacher" / kind / "2" / "state").rglob("*"):
+            if path.is_file() and path.stat().st_size > 0:
+                path.write_bytes(b"garbage")
     completed = cli(tmp_path, "--config.stage=teacher", "--config.teacher.optimizer.epochs=2")
     assert completed.returncode == 1
-    assert "error:" in completed.stderr and str(tmp_path / "teacher") in completed.stderr
+    assert f"error: no intact checkpoint in {tmp_path / 'teacher'}" in completed.stderr
+    assert "rerun to start this stage from scratch" in completed.stderr
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_path):
@@ -290,3 +303,138 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(teacher_workdir, tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {stopped_at}" in resumed.stderr
     assert latest_state(tmp_path / "student")[0] == 18
+
+
+# ------------------------------------------------- checkpoint corruption and recovery
+
+# 32 examples / batch 8 = 4 steps an epoch, checkpoints every 2: one epoch leaves
+# latest/2, latest/4 and best/4; a second epoch continues to step 8.
+RECOVERY = [
+    "--config.stage=distill",
+    "--config.method=ce",
+    "--config.max_steps_per_epoch=0",
+    "--config.checkpoint_every_steps=2",
+]
+RECOVERY_EXAMPLES = 32
+
+
+def recovery_cli(workdir, epochs, **kwargs):
+    return cli(
+        workdir,
+        *RECOVERY,
+        f"--config.student.optimizer.epochs={epochs}",
+        num_examples=RECOVERY_EXAMPLES,
+        **kwargs,
+    )
+
+
+def verify_command(workdir) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "sastc_jax.checkpointing", "verify", f"--workdir={workdir}"]
+    return subprocess.run(
+        command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_same_state(dir_a, dir_b) -> None:
+    step_a, state_a = latest_state(dir_a)
+    step_b, state_b = latest_state(dir_b)
+    assert step_a == step_b
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A healthy one-epoch run: latest/2, latest/4, best/4."""
+    workdir = tmp_path_factory.mktemp("one_epoch")
+    completed = recovery_cli(workdir, epochs=1)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory):
+    """A one-epoch run whose save of step 4 fails with ENOSPC: (workdir, its output)."""
+    workdir = tmp_path_factory.mktemp("full_disk")
+    completed = recovery_cli(workdir, epochs=1, faults={"MOCK_ENOSPC_AT_STEP": "4"})
+    return workdir, completed
+
+
+@pytest.fixture(scope="module")
+def from_step_2(full_disk):
+    """The reference: the full-disk run (an intact step 2, nothing after it) rerun for a
+    second epoch without the fault: an uninterrupted run restarted from step 2."""
+    workdir, _ = full_disk
+    completed = recovery_cli(workdir, epochs=2)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"resumed from step 2 in {workdir / 'student' / 'latest' / '2'}" in completed.stderr
+    return workdir
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_verified_checkpoints(full_disk, one_epoch):
+    workdir, completed = full_disk
+    assert completed.returncode == 1
+    latest = workdir / "student" / "latest"
+    assert f"error: cannot save the checkpoint at {latest / '4'} (step 4)" in completed.stderr
+    assert "No space left on device" in completed.stderr
+    assert "the last verified one is step 2" in completed.stderr
+    verified = verify_command(workdir)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"intact   {latest / '2'}" in verified.stdout
+    assert "1 checkpoint(s): 1 intact, 0 corrupt" in verified.stdout
+    # up to the failure, the run is the healthy one
+    shutil.copytree(one_epoch, workdir.parent / "one_epoch_at_2")
+    shutil.rmtree(workdir.parent / "one_epoch_at_2" / "student" / "latest" / "4")
+    assert_same_state(workdir / "student", workdir.parent / "one_epoch_at_2" / "student")
+
+
+def test_corrupt_newest_checkpoints_fall_back_bit_for_bit(one_epoch, from_step_2, tmp_path):
+    """Bit rot in latest/4, a lost file in best/4: verify names both; the rerun moves them
+    aside, resumes from step 2 and ends exactly where the run restarted from step 2 ends."""
+    workdir = tmp_path / "run"
+    shutil.copytree(one_epoch, workdir)
+    student = workdir / "student"
+    faults.flip_byte(faults.array_files(student / "latest" / "4")[0])
+    (student / "best" / "4" / "metadata" / "metadata").unlink()
+    verified = verify_command(workdir)
+    assert verified.returncode == 1
+    assert f"CORRUPT  {student / 'latest' / '4'}: state/ocdbt.process_0/d/" in verified.stdout
+    assert "does not match its SHA-256" in verified.stdout
+    assert f"CORRUPT  {student / 'best' / '4'}: metadata/metadata is missing" in verified.stdout
+
+    completed = recovery_cli(workdir, epochs=2)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for kind, reason in [("latest", "does not match its SHA-256"), ("best", "is missing")]:
+        corrupt = re.escape(f"checkpoint {student / kind / '4'} (step 4) is corrupt: ")
+        moved = re.escape(f"Moved it to {student / 'corrupt' / (kind + '-4')};")
+        assert re.search(f"{corrupt}.*{reason}.*{moved}", completed.stderr), completed.stderr
+    assert sorted(p.name for p in (student / "corrupt").iterdir()) == ["best-4", "latest-4"]
+    assert f"resumed from step 2 in {student / 'latest' / '2'}" in completed.stderr
+    assert_same_state(student, from_step_2 / "student")
+    assert verify_command(workdir).returncode == 0
+
+
+@pytest.mark.slow
+def test_sigkill_before_the_checksums_falls_back_bit_for_bit(from_step_2, tmp_path):
+    """Killed after orbax committed step 4 but before its checksums were written: the
+    rerun treats step 4 as interrupted and continues from step 2."""
+    latest = tmp_path / "student" / "latest"
+    process = recovery_cli(tmp_path, epochs=1, wait=False, faults={"MOCK_CHECKSUM_SECONDS": "3"})
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (latest / "4").is_dir() and not (latest / "4" / "checksums.json").exists():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert (latest / "2" / "checksums.json").exists()
+
+    completed = recovery_cli(tmp_path, epochs=2)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (
+        f"checkpoint {latest / '4'} (step 4) is corrupt: checksums.json is missing"
+        in completed.stderr
+    )
+    assert f"resumed from step 2 in {latest / '2'}" in completed.stderr
+    assert_same_state(tmp_path / "student", from_step_2 / "student")
