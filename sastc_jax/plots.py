@@ -7,7 +7,7 @@ Needs matplotlib (``pip install -e '.[plots]'``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +106,72 @@ def plot_attention(
                     fontsize="small",
                 )
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    output = Path(output)
+    figure.savefig(output, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return output
+
+
+def plot_attention_panels(
+    panels: Mapping[str, np.ndarray],
+    output: str | Path,
+    planted: Sequence[Sequence[int]] | None = None,
+) -> Path:
+    """Batch-mean attention of several runs, one row per run and one panel per time step.
+
+    ``panels`` maps a row title to an attention ``(T', B, S, K)``; a row with T' = 1
+    (the ``spatial`` method) is one panel for all steps. ``planted[t][i]``, when given,
+    is the expected teacher tap of student tap i at step t: those cells are outlined
+    (for a T' = 1 row, every step's planted cell is).
+    """
+    means = {}
+    for title, attention in panels.items():
+        attention = np.asarray(attention, np.float32)
+        if attention.ndim != 4:
+            raise ValueError(f"attention {title!r} must be (T, B, S, K); got {attention.shape}.")
+        means[title] = attention.mean(axis=1)
+    columns = max(mean.shape[0] for mean in means.values())
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        len(means),
+        columns,
+        figsize=(3.4 * columns + 1, 3.0 * len(means)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, (title, mean) in zip(axes, means.items(), strict=True):
+        steps, num_student, num_teacher = mean.shape
+        for t, axis in enumerate(row):
+            if t >= steps:
+                axis.set_axis_off()
+                continue
+            image = axis.imshow(mean[t], vmin=0.0, vmax=1.0, cmap="viridis")
+            when = f"t = {t + 1}" if steps > 1 else "all t"
+            axis.set_title(f"{title}, {when}", fontsize="small")
+            axis.set(xticks=range(num_teacher), yticks=range(num_student), xlabel="teacher tap")
+            if t == 0:
+                axis.set_ylabel("student tap")
+            for i in range(num_student):
+                for j in range(num_teacher):
+                    color = "white" if mean[t, i, j] < 0.5 else "black"
+                    axis.text(
+                        j,
+                        i,
+                        f"{mean[t, i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        color=color,
+                        fontsize="small",
+                    )
+            if planted is not None:
+                # A T' = 1 row holds the same weights at every step: mark all their pairs.
+                for pairing_row in [planted[t]] if steps > 1 else planted:
+                    for i, j in enumerate(pairing_row):
+                        outline = plt.Rectangle(
+                            (j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2
+                        )
+                        axis.add_patch(outline)
+    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
     output = Path(output)
     figure.savefig(output, dpi=100, bbox_inches="tight")
     plt.close(figure)

@@ -48,3 +48,15 @@ def test_plot_attention(tmp_path):
     assert output.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match=r"\(T, B, S, K\)"):
         plots.plot_attention(attention[0], tmp_path / "bad.png")
+
+
+def test_plot_attention_panels_marks_planted_pairs(tmp_path):
+    rng = np.random.default_rng(0)
+    panels = {
+        "sastc": rng.dirichlet(np.ones(3), size=(2, 4, 3)),
+        "spatial": rng.dirichlet(np.ones(3), size=(1, 4, 3)),
+    }
+    output = plots.plot_attention_panels(panels, tmp_path / "panels.png", ((1, 2, 0), (2, 0, 0)))
+    assert output.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match=r"'bad' must be \(T, B, S, K\)"):
+        plots.plot_attention_panels({"bad": panels["sastc"][0]}, tmp_path / "bad.png")
