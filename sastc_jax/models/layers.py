@@ -32,6 +32,7 @@ Dtype = Any
 
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+BATCH_NORM_EPSILON = 1e-5  # PyTorch's default
 
 
 # --------------------------------------------------------------------------- layout
@@ -158,7 +159,7 @@ def batch_norm(train: bool, *, dtype: Dtype = jnp.float32, name: str | None = No
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
-        epsilon=1e-5,
+        epsilon=BATCH_NORM_EPSILON,
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
