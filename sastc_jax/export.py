@@ -406,7 +406,8 @@ def graph_metadata(model: nn.Module, dt: float, encoding: str = "direct") -> dic
         "time_steps steps of the output node; the prediction is their argmax",
         "neuron": (
             f"discrete LIF u_t = {model.neuron.tau} * v_(t-1) + x_t, spike if u_t > "
-            f"{model.neuron.v_threshold}, hard reset to 0; as nir.LIF at dt = {dt}: tau = "
+            f"{model.neuron.v_threshold}, hard reset to 0; as nir.LIF at dt = {dt} (nir.IF, "
+            "r = 1 / dt, for decay 1): tau = "
             "dt / (1 - decay), r = 1 / (1 - decay), v_leak = 0, v_reset = 0"
         ),
         "batch_norm": "evaluation-mode batch norm folded into each Conv2d's weight and bias",
@@ -584,6 +585,7 @@ def write(graph, output: str | os.PathLike) -> Path:
     os.close(handle)
     try:
         nir.write(temporary, graph)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would give
         os.replace(temporary, path)
     except BaseException as err:
         Path(temporary).unlink(missing_ok=True)
@@ -591,6 +593,12 @@ def write(graph, output: str | os.PathLike) -> Path:
             raise OSError(f"cannot write the NIR graph to {path}: {err}") from err
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read(path: str | os.PathLike):

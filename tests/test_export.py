@@ -448,6 +448,8 @@ def test_export_command_writes_the_student(tmp_path, capsys):
     model, variables = quickstart_workdir(tmp_path)
     assert export.main([f"--workdir={tmp_path}", "--checkpoint=final"]) == 0
     assert f"wrote {tmp_path / 'student.nir'}" in capsys.readouterr().out
+    mode = (tmp_path / "student.nir").stat().st_mode & 0o777
+    assert mode == 0o666 & ~export._umask()  # as any new file, not the temporary's 0600
     graph = nir.read(tmp_path / "student.nir")
     assert graph.metadata["dataset"] == "fashion_mnist"
     assert graph.metadata["checkpoint"] == "final (step 7)"
