@@ -137,6 +137,7 @@ def main() -> None:
                 "same_prediction": float(np.mean(ours_pred == theirs_pred)),
                 "differing_predictions": int(np.sum(ours_pred != theirs_pred)),
                 "max_abs_logit_difference": float(logit_gap.max()),
+                "max_abs_logit_difference_elsewhere": float(np.delete(logit_gap, off).max()),
                 "images_with_logit_difference_over_1e-4": len(off),
                 "their_min_membrane_gap_to_threshold": sorted(margins[off].tolist()),
                 "images_with_a_membrane_within_1e-5_of_threshold": int(np.sum(margins < 1e-5)),

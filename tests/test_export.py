@@ -238,8 +238,10 @@ def compare_with_interpreter(model, variables, images, path):
     for name, spikes in nir_spikes.items():
         threshold = np.asarray(graph.nodes[name].v_threshold)
         near = np.abs(membranes[name] - threshold) < NEAR_THRESHOLD
+        differ = spikes != flax_spikes[name]
         report[name] = {
-            "disagreements": int(np.sum(spikes != flax_spikes[name])),
+            "disagreements": int(differ.sum()),
+            "disagreements_near_threshold": int(np.sum(differ & near)),
             "near_threshold": int(near.sum()),
             "rate": float(spikes.mean()),
         }
