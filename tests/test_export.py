@@ -328,6 +328,30 @@ def test_resnet19_matches_the_interpreter(tmp_path):
     assert sum(layer["rate"] > 0 for layer in report.values()) == len(report), report
 
 
+def test_vgg_with_non_leaky_neurons_matches_the_interpreter(tmp_path):
+    """The other exporter paths: plain VGG stages, a global average pool, nir.IF (tau = 1)."""
+    model = models.get_model(
+        "vgg11_snn",
+        num_classes=10,
+        time_steps=3,
+        stages=((8,), (8, 16)),
+        neuron=neurons.LIFConfig(tau=1.0),
+    )
+    images = np.random.default_rng(2).normal(size=(4, 16, 16, 2)).astype(np.float32)
+    variables = random_variables(model, images.shape[1:], seed=6)
+    outputs, logits, report = compare_with_interpreter(model, variables, images, tmp_path / "v")
+    graph = nir.read(tmp_path / "v")
+    assert type(graph.nodes["stage2_conv2_lif"]).__name__ == "IF"
+    assert graph.nodes["global_pool"].kernel_size.tolist() == [4, 4]
+    np.testing.assert_allclose(outputs, logits, atol=1e-4, rtol=0)
+    assert all(layer["disagreements"] == 0 for layer in report.values()), report
+    assert all(layer["rate"] > 0 for layer in report.values()), report
+    assert trees_equal(
+        export.from_nir(graph, model, images.shape[1:]),
+        export.fold_batch_norm(model, variables, images.shape[1:]),
+    )
+
+
 def test_graph_contents_and_metadata():
     model = models.get_model("convnet_snn", num_classes=10, time_steps=3, widths=(4, 8, 8))
     graph = export.to_nir(model, random_variables(model, (28, 28, 1)), (28, 28, 1))
