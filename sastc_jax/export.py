@@ -119,6 +119,8 @@ class Layer:
 
     ``kind``: 'conv' (conv + BN), 'lif', 'pool' (average), 'flatten' or 'dense'.
     ``path``: the Flax module path of a conv or dense layer's variables.
+    ``kernel``, ``stride``, ``padding``: a conv's square kernel size, stride and padding;
+    a pool's window (its stride too).
     ``in_shape`` / ``out_shape``: NIR per-example shapes, ``(C, H, W)`` or ``(N,)``.
     ``flattened_map``: for a dense layer fed by a flattened ``(C, H, W)`` map, that shape
     (Flax flattens it in (H, W, C) order, NIR in (C, H, W) order).
