@@ -649,8 +649,7 @@ def load_student(workdir: str | os.PathLike, checkpoint: str = "best"):
         state, record = checkpointing.load_stage_state(student_dir, which=CHECKPOINTS[checkpoint])
     except checkpointing.CheckpointError as err:
         raise checkpointing.CheckpointError(
-            f"no student checkpoint to export in {workdir} ({err}) Train the student first "
-            "(config.stage 'distill' or 'all')."
+            f"no student checkpoint to export in {workdir}: {err}"
         ) from err
     model = train.build_student(config, int(record["num_classes"]))
     variables = {"params": state["params"]["student"], "batch_stats": state["batch_stats"]}
