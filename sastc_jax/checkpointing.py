@@ -951,6 +951,60 @@ def load_teacher(
     return variables, record
 
 
+# ------------------------------------------------------------------- reading a stage's state
+
+STAGE_CHECKPOINTS = ("latest", "best")
+
+
+def load_stage_state(directory: str | os.PathLike, *, which: str = "latest") -> tuple[PyTree, dict]:
+    """Read the state a training stage saved under ``directory/<which>``, without a target.
+
+    ``which`` is ``'latest'`` (the newest step) or ``'best'`` (the best by accuracy). Nothing
+    is created or cleaned up. Returns ``(state, metadata)``: the state as nested dicts of
+    replicated arrays with the stored shapes and dtypes (a ``TrainState`` reads back as
+    ``{'step', 'params', 'batch_stats', 'opt_state'}``). Raises CheckpointError if there is
+    no such checkpoint or it cannot be read, CorruptCheckpointError if it fails
+    verification (checksums, finite values).
+    """
+    if which not in STAGE_CHECKPOINTS:
+        raise ValueError(f"which must be one of {STAGE_CHECKPOINTS}; got {which!r}.")
+    path = _as_path(directory) / which
+    missing = CheckpointError(
+        f"no {which} checkpoint in {path}: train this stage first (it saves there), or point "
+        "at the run directory that holds it."
+    )
+    if not path.exists():
+        raise missing
+    with _open_manager(
+        path, items=(STATE, METADATA), reading=True, key_prefix=f"sastc_read_{which}"
+    ) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise missing
+        fix = f"delete {path / str(step)} or use another checkpoint."
+        if problems := verify_checksums(path / str(step)):
+            reason = _describe(problems)
+            raise CorruptCheckpointError(
+                f"the checkpoint at {path / str(step)} is corrupt: {reason}. Fix: {fix}",
+                reason=reason,
+            )
+        try:
+            abstract = _abstract_from_stored(_stored_tree(manager, step, STATE))
+        except Exception as err:
+            raise CheckpointError(
+                f"cannot read the checkpoint at {path / str(step)}: {_short(err)}. Fix: {fix}"
+            ) from err
+        args = {STATE: ocp.args.StandardRestore(abstract), METADATA: ocp.args.JsonRestore()}
+        restored = _restore_items(manager, step, args, target=None, item=STATE, fix=fix)
+    if nonfinite := nonfinite_leaves(restored[STATE]):
+        reason = f"non-finite values right after the restore ({_describe(nonfinite)})"
+        raise CorruptCheckpointError(
+            f"the checkpoint at {path / str(step)} is corrupt: {reason}. Fix: {fix}",
+            reason=reason,
+        )
+    return restored[STATE], restored[METADATA]
+
+
 # ------------------------------------------------------------------------ verify command
 
 _STEP_MARKERS = ("_CHECKPOINT_METADATA", CHECKSUMS, STATE, VARIABLES)

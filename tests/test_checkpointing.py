@@ -27,6 +27,7 @@ from sastc_jax.checkpointing import (
     Checkpoints,
     CorruptCheckpointError,
     TeacherMismatchError,
+    load_stage_state,
     load_teacher,
     save_teacher,
     teacher_exists,
@@ -124,6 +125,26 @@ def test_round_trip_of_state_and_metadata(tmp_path):
         from_abstract, _ = ckpts.restore(abstract, step=7)
         assert_same_tree(from_abstract, state)
         assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(from_abstract))
+
+
+def test_load_stage_state_reads_latest_and_best_without_a_target(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no latest checkpoint in .*nothing/latest"):
+        load_stage_state(tmp_path / "nothing")
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(1, make_state(seed=1, step=1), metadata={"step": 1}, metrics={"accuracy": 0.9})
+        ckpts.save(2, make_state(seed=2, step=2), metadata={"step": 2}, metrics={"accuracy": 0.1})
+    listing = sorted(p.name for p in tmp_path.rglob("*"))
+    latest, metadata = load_stage_state(tmp_path)
+    assert metadata == {"step": 2} and int(latest["step"]) == 2
+    assert set(latest) == {"step", "params", "batch_stats", "opt_state"}
+    np.testing.assert_array_equal(
+        latest["params"]["dense"]["kernel"], make_params(2)["dense"]["kernel"]
+    )
+    best, metadata = load_stage_state(tmp_path, which="best")
+    assert metadata == {"step": 1} and int(best["step"]) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == listing  # reads only
+    with pytest.raises(ValueError, match="which must be one of"):
+        load_stage_state(tmp_path, which="final")
 
 
 def test_save_returns_before_writing_yet_the_state_may_be_donated(tmp_path):

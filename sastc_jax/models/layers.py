@@ -44,6 +44,7 @@ Array = jax.Array
 Dtype = Any
 
 INIT_SCHEMES = ("pytorch", "torchvision", "kaiming_fan_out")
+BATCH_NORM_EPSILON = 1e-5  # PyTorch's default
 
 # kaiming_uniform_(a=sqrt(5)): bound gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in).
 pytorch_weight_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -198,7 +199,7 @@ def batch_norm(train: bool, *, dtype: Dtype = jnp.float32, name: str | None = No
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
-        epsilon=1e-5,
+        epsilon=BATCH_NORM_EPSILON,
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,

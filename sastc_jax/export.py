@@ -1,0 +1,722 @@
+"""The trained spiking student as a NIR graph (Neuromorphic Intermediate Representation).
+
+    python -m sastc_jax.export --workdir=DIR [--checkpoint=best|final] [--output=student.nir]
+
+writes the student of a training run as a NIR file (``nir.write``, HDF5) that NIR
+consumers (snnTorch, Norse, Spyx, Sinabs, Rockpool, Lava, chips) load. In Python,
+:func:`to_nir` turns a model and its variables into a ``nir.NIRGraph`` and
+:func:`from_nir` turns such a graph back into Flax variables for the same model.
+
+What the graph holds (NIR shapes are per example, channel-first ``(C, H, W)``):
+
+- ``input``: ``nir.Input`` with the image shape ``(C, H, W)``;
+- every conv + evaluation-mode batch norm as one ``nir.Conv2d`` whose weight and
+  bias have the batch norm folded in (:func:`fold_batch_norm`), named by the Flax
+  module path (``stage1_conv1``, ``stage2_block1.conv_bn1``, ...);
+- every LIF layer as a ``nir.LIF`` (``stage1_conv1_lif``, ``stage2_block1.lif_out``);
+- a residual addition as two edges into the block's output LIF node (NIR sums the
+  inputs arriving at a node): from ``conv_bn2`` and from the block input (identity
+  shortcut) or from the ``shortcut`` conv;
+- 2x2 average pools as ``nir.AvgPool2d``; a global average pool as ``nir.AvgPool2d``
+  over the whole map followed by ``nir.Flatten``; the ConvNet's flatten as
+  ``nir.Flatten`` (the dense weights are permuted from Flax's (H, W, C) order to
+  NIR's (C, H, W) order);
+- dense layers as ``nir.Affine``; ``output``: ``nir.Output`` with the logits.
+
+The graph runs once per time step; its metadata states the encoding (the same
+normalised image is the input at each of the ``time_steps`` steps, or event frame
+``t`` at step ``t``), the readout (the mean over the time steps of the per-step
+outputs, argmax = prediction), ``dt`` and the discrete neuron it encodes.
+
+Exact neuron mapping
+--------------------
+Our LIF (:mod:`sastc_jax.neurons`) is discrete, with decay factor ``tau`` in [0, 1)::
+
+    u_t = tau * v_{t-1} + x_t;   s_t = [u_t > v_th];   v_t = u_t * (1 - s_t)
+
+NIR's LIF is continuous, ``tau_n dv/dt = (v_leak - v) + r I``, spike ``z = [v > v_threshold]``,
+then ``v = v_reset`` where ``z = 1``. Its forward-Euler update with step ``dt`` is::
+
+    v_t = v_{t-1} + (dt / tau_n) * (v_leak - v_{t-1} + r * I_t)
+        = (1 - dt / tau_n) * v_{t-1} + (dt / tau_n) * v_leak + (dt * r / tau_n) * I_t
+
+Matching the coefficients with ``I_t = x_t``: ``1 - dt / tau_n = tau``,
+``dt * r / tau_n = 1`` and ``v_leak = 0`` give::
+
+    tau_n = dt / (1 - tau),   r = tau_n / dt = 1 / (1 - tau),   v_leak = 0,
+    v_threshold = v_th,       v_reset = 0
+
+and the update becomes ``v_t = tau * v_{t-1} + x_t``: ours, for any ``dt``. This module
+writes ``dt = 1e-4`` (:data:`DEFAULT_DT`; stated in the metadata as ``dt``) because
+snnTorch's importer fixes its time step to 1e-4 s; with the default ``tau = 0.5`` that
+is ``tau_n = 2e-4`` and ``r = 2``, for which ``dt / tau_n`` and ``dt * r / tau_n`` are
+exactly 0.5 and 1 in floating point. The neuron constants are stored in float64.
+A non-leaky neuron (``tau = 1``) has no finite ``tau_n``; it is written as ``nir.IF``
+(``dv/dt = r I``) with ``r = 1 / dt``, whose Euler step ``v + dt * r * I`` is again ours.
+
+Threshold test: NIR's LIF and IF spike where ``v > v_threshold``, strictly, as ours
+does: a membrane exactly at the threshold does not spike in either. Nothing about
+the threshold is lost. The reset to ``v_reset = 0`` is a hard reset after the spike
+test at the same step, as ours.
+
+Parts NIR cannot express raise :class:`NotExportableError` naming them (for example
+the max-pool of the ImageNet stem: NIR has sum and average pooling only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from sastc_jax.models.layers import BATCH_NORM_EPSILON
+from sastc_jax.models.registry import get_model_class, list_models
+from sastc_jax.models.snn import SpikingConvNet, SpikingResNet, SpikingVGG11
+from sastc_jax.neurons import LIFConfig
+
+DEFAULT_DT = 1e-4
+CHECKPOINTS = {"best": "best", "final": "latest"}  # --checkpoint -> directory under student/
+NIR_INSTALL_HINT = "install the `nir` extra: pip install 'sastc-jax[nir]'"
+
+# Images each dataset's pipeline delivers, (H, W, C); DVS frames are (S, S, 2).
+_STATIC_INPUT_SHAPES = {
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+    "imagenet2012": (224, 224, 3),
+}
+
+
+class NotExportableError(ValueError):
+    """The model has a part that no NIR node expresses exactly."""
+
+
+def _nir():
+    try:
+        import nir
+    except ImportError as err:
+        raise ImportError(f"NIR export needs the `nir` package: {NIR_INSTALL_HINT}.") from err
+    return nir
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One node of the exported graph, with its Flax location and its NIR shapes.
+
+    ``kind``: 'conv' (conv + BN), 'lif', 'pool' (average), 'flatten' or 'dense'.
+    ``path``: the Flax module path of a conv or dense layer's variables.
+    ``kernel``, ``stride``, ``padding``: a conv's square kernel size, stride and padding;
+    a pool's window (its stride too).
+    ``in_shape`` / ``out_shape``: NIR per-example shapes, ``(C, H, W)`` or ``(N,)``.
+    ``flattened_map``: for a dense layer fed by a flattened ``(C, H, W)`` map, that shape
+    (Flax flattens it in (H, W, C) order, NIR in (C, H, W) order).
+    """
+
+    kind: str
+    name: str
+    inputs: tuple[str, ...]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    path: tuple[str, ...] = ()
+    kernel: int = 0
+    stride: int = 1
+    padding: int = 0
+    flattened_map: tuple[int, int, int] | None = None
+
+
+class _Planner:
+    """Collects the layers of a model in execution order, tracking NIR shapes."""
+
+    def __init__(self, input_shape_chw: tuple[int, int, int]):
+        self.layers: list[Layer] = []
+        self.shapes: dict[str, tuple[int, ...]] = {"input": tuple(input_shape_chw)}
+
+    def _add(self, layer: Layer) -> str:
+        self.layers.append(layer)
+        self.shapes[layer.name] = layer.out_shape
+        return layer.name
+
+    def conv(self, path: tuple[str, ...], src: str, features: int, kernel: int, stride: int):
+        channels, height, width = self.shapes[src]
+        pad = kernel // 2
+        out = (
+            features,
+            (height + 2 * pad - kernel) // stride + 1,
+            (width + 2 * pad - kernel) // stride + 1,
+        )
+        name = ".".join(path)
+        return self._add(
+            Layer("conv", name, (src,), (channels, height, width), out, path, kernel, stride, pad)
+        )
+
+    def lif(self, name: str, *srcs: str) -> str:
+        shapes = {self.shapes[src] for src in srcs}
+        if len(shapes) != 1:
+            raise ValueError(f"inputs of {name} have different shapes {sorted(shapes)}")
+        shape = shapes.pop()
+        return self._add(Layer("lif", name, srcs, shape, shape))
+
+    def avg_pool(self, name: str, src: str, window: int | None = None) -> str:
+        """Non-overlapping ``window`` pool (floor); ``None`` pools the whole map."""
+        channels, height, width = self.shapes[src]
+        if window is None:
+            if height != width:
+                raise NotExportableError(
+                    f"{name}: global average pool of a non-square {height}x{width} map"
+                )
+            window = height
+        out = (channels, height // window, width // window)
+        return self._add(
+            Layer("pool", name, (src,), self.shapes[src], out, kernel=window, stride=window)
+        )
+
+    def flatten(self, name: str, src: str) -> str:
+        shape = self.shapes[src]
+        return self._add(Layer("flatten", name, (src,), shape, (int(np.prod(shape)),)))
+
+    def dense(self, path: tuple[str, ...], src: str, features: int) -> str:
+        layer = next((item for item in self.layers if item.name == src), None)
+        flattened = None
+        if layer is not None and layer.kind == "flatten" and np.prod(layer.in_shape[1:]) > 1:
+            flattened = layer.in_shape
+        return self._add(
+            Layer(
+                "dense",
+                ".".join(path),
+                (src,),
+                self.shapes[src],
+                (features,),
+                path,
+                flattened_map=flattened,
+            )
+        )
+
+
+def _plain_stages(planner: _Planner, stages: Sequence[Sequence[int]]) -> str:
+    x = "input"
+    for stage, widths in enumerate(stages):
+        for layer, width in enumerate(widths):
+            name = f"stage{stage + 1}_conv{layer + 1}"
+            x = planner.conv((name,), x, width, 3, 1)
+            x = planner.lif(f"{name}_lif", x)
+        x = planner.avg_pool(f"stage{stage + 1}_pool", x, 2)
+    return x
+
+
+def _resnet(planner: _Planner, model: SpikingResNet) -> str:
+    if model.stem != "cifar":
+        raise NotExportableError(
+            f"{type(model).__name__} (stem={model.stem!r}): the stem's 3x3/2 max-pool has no "
+            "NIR node (NIR 1.0 pools by sum or average only); export a model with "
+            "stem='cifar'."
+        )
+    x = planner.lif("stem_lif", planner.conv(("stem",), "input", model.stem_width, 3, 1))
+    for stage, (num_blocks, width, stride) in enumerate(
+        zip(model.stage_sizes, model.widths, model.strides, strict=True)
+    ):
+        for block in range(num_blocks):
+            name = f"stage{stage + 1}_block{block + 1}"
+            block_stride = stride if block == 0 else 1
+            y = planner.conv((name, "conv_bn1"), x, width, 3, block_stride)
+            y = planner.lif(f"{name}.lif1", y)
+            y = planner.conv((name, "conv_bn2"), y, width, 3, 1)
+            shortcut = x
+            if block_stride != 1 or planner.shapes[x][0] != width:
+                shortcut = planner.conv((name, "shortcut"), x, width, 1, block_stride)
+            x = planner.lif(f"{name}.lif_out", y, shortcut)
+    x = planner.flatten("flatten", planner.avg_pool("global_pool", x))
+    if model.hidden_features is not None:
+        x = planner.dense(("fc_hidden",), x, model.hidden_features)
+        x = planner.lif("fc_hidden_lif", x)
+    return planner.dense(("fc",), x, model.num_classes)
+
+
+def plan(model: nn.Module, input_shape: Sequence[int]) -> list[Layer]:
+    """The graph's layers for ``model`` on per-example inputs ``input_shape = (H, W, C)``.
+
+    Raises :class:`NotExportableError` for a model class without an exporter or a part
+    NIR cannot express.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be one example's (H, W, C); got {tuple(input_shape)}.")
+    height, width, channels = (int(n) for n in input_shape)
+    planner = _Planner((channels, height, width))
+    if isinstance(model, SpikingConvNet):
+        x = _plain_stages(planner, tuple((width,) for width in model.widths))
+        planner.dense(("fc",), planner.flatten("flatten", x), model.num_classes)
+    elif isinstance(model, SpikingVGG11):
+        x = _plain_stages(planner, model.stages)
+        x = planner.flatten("flatten", planner.avg_pool("global_pool", x))
+        planner.dense(("fc",), x, model.num_classes)
+    elif isinstance(model, SpikingResNet):
+        _resnet(planner, model)
+    else:
+        raise NotExportableError(
+            f"no NIR exporter for {type(model).__name__}; exportable students: "
+            "SpikingConvNet (convnet_snn), SpikingVGG11 (vgg11_snn), SpikingResNet with "
+            "stem='cifar' (resnet19_snn)."
+        )
+    return planner.layers
+
+
+# ------------------------------------------------------------------------ batch norm
+
+
+def _identity_variance(epsilon: float) -> np.float32:
+    """The float32 variance ``v`` with ``v + epsilon == 1`` exactly (BN becomes ``x + bias``)."""
+    var = np.float32(1.0) - np.float32(epsilon)
+    while var + np.float32(epsilon) != np.float32(1.0):
+        var = np.nextafter(var, np.float32(2.0) if var + np.float32(epsilon) < 1 else 0)
+    return var
+
+
+IDENTITY_VARIANCE = _identity_variance(BATCH_NORM_EPSILON)
+
+
+def fold_batch_norm(model: nn.Module, variables: Mapping, input_shape: Sequence[int]) -> dict:
+    """Variables of the same model with each evaluation-mode batch norm folded into its conv.
+
+    For ``y = (conv(x, W) - mean) * scale / sqrt(var + eps) + bias`` (Flax ``BatchNorm``
+    with running averages) the conv kernel becomes ``W * m`` with ``m = scale / sqrt(var +
+    eps)`` per output channel and the batch norm becomes ``x + (bias - mean * m)``: scale 1,
+    mean 0 and the variance :data:`IDENTITY_VARIANCE` that makes ``1 / sqrt(var + eps)``
+    exactly 1. Computed in float32 like Flax, so folding folded variables changes nothing;
+    the folded network differs from the original only by float32 rounding.
+    """
+    params = traverse_util.flatten_dict(jax.device_get(dict(variables["params"])))
+    stats = traverse_util.flatten_dict(jax.device_get(dict(variables["batch_stats"])))
+    params = {key: np.asarray(value, np.float32) for key, value in params.items()}
+    stats = {key: np.asarray(value, np.float32) for key, value in stats.items()}
+    eps = np.float32(BATCH_NORM_EPSILON)
+    for layer in plan(model, input_shape):
+        if layer.kind != "conv":
+            continue
+        conv, bn = (*layer.path, "conv"), (*layer.path, "bn")
+        multiplier = params[(*bn, "scale")] / np.sqrt(stats[(*bn, "var")] + eps)
+        params[(*conv, "kernel")] = params[(*conv, "kernel")] * multiplier
+        params[(*bn, "bias")] = params[(*bn, "bias")] - stats[(*bn, "mean")] * multiplier
+        params[(*bn, "scale")] = np.ones_like(multiplier)
+        stats[(*bn, "mean")] = np.zeros_like(multiplier)
+        stats[(*bn, "var")] = np.full_like(multiplier, IDENTITY_VARIANCE)
+    return {
+        "params": traverse_util.unflatten_dict(params),
+        "batch_stats": traverse_util.unflatten_dict(stats),
+    }
+
+
+# --------------------------------------------------------------------------- neurons
+
+
+def neuron_parameters(neuron: LIFConfig, dt: float = DEFAULT_DT) -> dict[str, float]:
+    """NIR parameters of our discrete LIF at time step ``dt`` (derivation: module docstring).
+
+    ``tau < 1``: ``{'tau', 'r', 'v_leak', 'v_threshold', 'v_reset'}`` of a ``nir.LIF``;
+    ``tau == 1``: ``{'r', 'v_threshold', 'v_reset'}`` of a ``nir.IF``.
+    """
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0; got {dt}.")
+    if neuron.tau == 1.0:
+        return {"r": 1.0 / dt, "v_threshold": neuron.v_threshold, "v_reset": 0.0}
+    decay = 1.0 - neuron.tau
+    return {
+        "tau": dt / decay,
+        "r": 1.0 / decay,
+        "v_leak": 0.0,
+        "v_threshold": neuron.v_threshold,
+        "v_reset": 0.0,
+    }
+
+
+def _neuron_node(nir, neuron: LIFConfig, shape: tuple[int, ...], dt: float):
+    values = {
+        key: np.full(shape, value, np.float64)
+        for key, value in neuron_parameters(neuron, dt).items()
+    }
+    return nir.IF(**values) if neuron.tau == 1.0 else nir.LIF(**values)
+
+
+def _neuron_from_node(node, dt: float, name: str) -> LIFConfig:
+    """Our LIF constants for a NIR LIF/IF node at ``dt``; ValueError if it is not one of ours."""
+
+    def uniform(values, what: str) -> float:
+        values = np.asarray(values, np.float64)
+        if values.size == 0 or not np.all(values == values.flat[0]):
+            raise ValueError(f"node {name!r}: {what} differs between neurons; ours share one.")
+        return float(values.flat[0])
+
+    kind = type(node).__name__
+    if kind not in ("LIF", "IF"):
+        raise ValueError(f"node {name!r} is a nir.{kind}; the model has LIF neurons there.")
+    if uniform(node.v_reset, "v_reset") != 0.0:
+        raise ValueError(f"node {name!r}: v_reset must be 0 (our hard reset); got {node.v_reset}.")
+    threshold = uniform(node.v_threshold, "v_threshold")
+    if kind == "IF":
+        if not np.isclose(dt * uniform(node.r, "r"), 1.0, rtol=1e-12, atol=0):
+            raise ValueError(f"node {name!r}: IF needs r = 1/dt = {1 / dt}; got {node.r}.")
+        return LIFConfig(tau=1.0, v_threshold=threshold)
+    tau_n, r = uniform(node.tau, "tau"), uniform(node.r, "r")
+    if uniform(node.v_leak, "v_leak") != 0.0 or not np.isclose(dt * r / tau_n, 1.0, rtol=1e-12):
+        raise ValueError(
+            f"node {name!r}: v_leak = 0 and r = tau / dt are needed for our discrete LIF at "
+            f"dt = {dt}; got v_leak = {node.v_leak.flat[0]}, r = {r}, tau = {tau_n}."
+        )
+    return LIFConfig(tau=1.0 - dt / tau_n, v_threshold=threshold)
+
+
+# ---------------------------------------------------------------------- model <-> NIR
+
+
+def model_name(model: nn.Module) -> str:
+    """The registry name of ``model``'s class (e.g. 'convnet_snn')."""
+    for name in list_models():
+        if get_model_class(name) is type(model):
+            return name
+    return type(model).__name__
+
+
+def graph_metadata(model: nn.Module, dt: float, encoding: str = "direct") -> dict[str, Any]:
+    """The graph-level metadata :func:`to_nir` writes (extended by ``extra_metadata``)."""
+    if encoding not in ("direct", "event_frames"):
+        raise ValueError(f"encoding must be 'direct' or 'event_frames'; got {encoding!r}.")
+    inputs = {
+        "direct": "direct encoding: the same normalised image (C, H, W) is the input at "
+        "every one of the time_steps steps",
+        "event_frames": "event frames: frame t (C, H, W) is the input at step t",
+    }[encoding]
+    return {
+        "producer": "sastc_jax.export",
+        "model": model_name(model),
+        "time_steps": int(model.time_steps),
+        "dt": float(dt),
+        "encoding": encoding,
+        "input": inputs,
+        "readout": "the graph runs once per time step; the logits are the mean over the "
+        "time_steps steps of the output node; the prediction is their argmax",
+        "neuron": (
+            f"discrete LIF u_t = {model.neuron.tau} * v_(t-1) + x_t, spike if u_t > "
+            f"{model.neuron.v_threshold}, hard reset to 0; as nir.LIF at dt = {dt} (nir.IF, "
+            "r = 1 / dt, for decay 1): tau = "
+            "dt / (1 - decay), r = 1 / (1 - decay), v_leak = 0, v_reset = 0"
+        ),
+        "batch_norm": "evaluation-mode batch norm folded into each Conv2d's weight and bias",
+    }
+
+
+def to_nir(
+    model: nn.Module,
+    variables: Mapping,
+    input_shape: Sequence[int],
+    *,
+    dt: float = DEFAULT_DT,
+    encoding: str = "direct",
+    extra_metadata: Mapping[str, Any] | None = None,
+):
+    """The student ``model`` with ``variables`` ({'params', 'batch_stats'}) as a ``nir.NIRGraph``.
+
+    ``input_shape``: one example's (H, W, C). Batch norms are folded
+    (:func:`fold_batch_norm`); weights are float32, neuron constants float64.
+    Raises :class:`NotExportableError` naming a part NIR cannot express.
+    """
+    nir = _nir()
+    layers = plan(model, input_shape)
+    folded = fold_batch_norm(model, variables, input_shape)
+    params = traverse_util.flatten_dict(folded["params"])
+    height, width, channels = (int(n) for n in input_shape)
+    nodes = {"input": nir.Input(input_type={"input": np.array([channels, height, width])})}
+    edges = []
+    for layer in layers:
+        if layer.kind == "conv":
+            kernel = params[(*layer.path, "conv", "kernel")]  # (kh, kw, in, out)
+            nodes[layer.name] = nir.Conv2d(
+                input_shape=layer.in_shape[1:],
+                weight=np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)),
+                stride=(layer.stride, layer.stride),
+                padding=(layer.padding, layer.padding),
+                dilation=(1, 1),
+                groups=1,
+                bias=params[(*layer.path, "bn", "bias")],
+            )
+        elif layer.kind == "lif":
+            nodes[layer.name] = _neuron_node(nir, model.neuron, layer.out_shape, dt)
+        elif layer.kind == "pool":
+            window = np.array([layer.kernel, layer.kernel])
+            nodes[layer.name] = nir.AvgPool2d(
+                kernel_size=window, stride=window, padding=np.array([0, 0])
+            )
+        elif layer.kind == "flatten":
+            nodes[layer.name] = nir.Flatten(
+                input_type={"input": np.array(layer.in_shape)}, start_dim=0, end_dim=-1
+            )
+        else:  # dense
+            kernel = params[(*layer.path, "kernel")]  # (in, out), Flax order of the inputs
+            if layer.flattened_map is not None:
+                c, h, w = layer.flattened_map
+                kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
+            nodes[layer.name] = nir.Affine(
+                weight=np.ascontiguousarray(kernel.T), bias=params[(*layer.path, "bias")]
+            )
+        edges += [(src, layer.name) for src in layer.inputs]
+    nodes["output"] = nir.Output(output_type={"output": np.array(layers[-1].out_shape)})
+    edges.append((layers[-1].name, "output"))
+    metadata = {**graph_metadata(model, dt, encoding), **(extra_metadata or {})}
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+
+
+def from_nir(graph, model: nn.Module, input_shape: Sequence[int], *, dt: float | None = None):
+    """Flax variables ({'params', 'batch_stats'}) of ``model`` from a graph :func:`to_nir` wrote.
+
+    The graph must have exactly the nodes and edges ``model`` exports to, and LIF
+    nodes that are ``model.neuron`` at ``dt`` (default: the graph's ``metadata['dt']``).
+    Convs come back with their folded weight and bias (batch norm = ``x + bias``), so
+    ``to_nir(model, from_nir(g, ...))`` reproduces ``g``'s arrays bit for bit. Raises
+    ``ValueError`` saying what differs.
+    """
+    dt = float(graph.metadata.get("dt", DEFAULT_DT) if dt is None else dt)
+    expected = to_nir(model, _zero_variables(model, input_shape), input_shape, dt=dt)
+    _check_same_structure(graph, expected)
+    params, stats = {}, {}
+    for layer in plan(model, input_shape):
+        node = graph.nodes[layer.name]
+        if layer.kind == "conv":
+            weight = np.asarray(node.weight, np.float32)
+            bias = np.asarray(node.bias, np.float32)
+            params[(*layer.path, "conv", "kernel")] = weight.transpose(2, 3, 1, 0)
+            params[(*layer.path, "bn", "bias")] = bias
+            params[(*layer.path, "bn", "scale")] = np.ones_like(bias)
+            stats[(*layer.path, "bn", "mean")] = np.zeros_like(bias)
+            stats[(*layer.path, "bn", "var")] = np.full_like(bias, IDENTITY_VARIANCE)
+        elif layer.kind == "dense":
+            kernel = np.asarray(node.weight, np.float32).T
+            if layer.flattened_map is not None:
+                c, h, w = layer.flattened_map
+                kernel = kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(h * w * c, -1)
+            params[(*layer.path, "kernel")] = kernel
+            params[(*layer.path, "bias")] = np.asarray(node.bias, np.float32)
+        elif layer.kind == "lif":
+            neuron = _neuron_from_node(node, dt, layer.name)
+            if not (
+                np.isclose(neuron.tau, model.neuron.tau, rtol=0, atol=1e-12)
+                and neuron.v_threshold == model.neuron.v_threshold
+            ):
+                raise ValueError(
+                    f"node {layer.name!r} holds LIF tau={neuron.tau}, v_th={neuron.v_threshold} "
+                    f"at dt={dt}; the model has tau={model.neuron.tau}, "
+                    f"v_th={model.neuron.v_threshold}. Build the model with that LIFConfig."
+                )
+    return {
+        "params": traverse_util.unflatten_dict(params),
+        "batch_stats": traverse_util.unflatten_dict(stats),
+    }
+
+
+def _zero_variables(model: nn.Module, input_shape: Sequence[int]) -> dict:
+    """Variables of ``model`` (all zeros) with the right structure and shapes, cheaply."""
+    sample = jnp.zeros((1, *input_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False))
+    return jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
+
+
+def _check_same_structure(graph, expected) -> None:
+    problems = []
+    for name, node in expected.nodes.items():
+        if name not in graph.nodes:
+            problems.append(f"node {name!r} ({type(node).__name__}) is missing")
+        elif type(graph.nodes[name]).__name__ != type(node).__name__:
+            problems.append(
+                f"node {name!r} is a {type(graph.nodes[name]).__name__}, "
+                f"expected {type(node).__name__}"
+            )
+    problems += [f"unexpected node {name!r}" for name in graph.nodes if name not in expected.nodes]
+    have = {(str(a), str(b)) for a, b in graph.edges}
+    want = set(expected.edges)
+    problems += [f"missing edge {edge}" for edge in sorted(want - have)]
+    problems += [f"unexpected edge {edge}" for edge in sorted(have - want)]
+    for name, node in expected.nodes.items():
+        other = graph.nodes.get(name)
+        for field in ("weight", "bias"):
+            if other is None or not (hasattr(node, field) and hasattr(other, field)):
+                continue
+            have, want = np.shape(getattr(other, field)), np.shape(getattr(node, field))
+            if have != want:
+                problems.append(f"node {name!r}: {field} shape {have}, expected {want}")
+    if problems:
+        raise ValueError(
+            "the NIR graph is not this model's: "
+            + "; ".join(problems[:10])
+            + (f"; ... ({len(problems) - 10} more)" if len(problems) > 10 else "")
+        )
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def write(graph, output: str | os.PathLike) -> Path:
+    """Write ``graph`` to ``output`` with ``nir.write``, atomically.
+
+    The file is written next to ``output`` under a temporary name and renamed once
+    complete, so a failure leaves no partial file. ``OSError`` with the path and the
+    reason if the location cannot be written.
+    """
+    nir = _nir()
+    path = Path(output).absolute()
+    parent = path.parent
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write the NIR graph to {path}: it is a directory.")
+    if not parent.is_dir():
+        raise FileNotFoundError(
+            f"cannot write the NIR graph to {path}: {parent} is not an existing directory."
+        )
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise OSError(f"cannot write the NIR graph to {path}: {err.strerror or err}.") from err
+    os.close(handle)
+    try:
+        nir.write(temporary, graph)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would give
+        os.replace(temporary, path)
+    except BaseException as err:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(f"cannot write the NIR graph to {path}: {err}") from err
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read(path: str | os.PathLike):
+    """``nir.read`` with a clear error for a missing file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no NIR file at {path}.")
+    return _nir().read(path)
+
+
+# --------------------------------------------------------------------------- workdirs
+
+
+def input_shape_for(config) -> tuple[int, int, int]:
+    """One example's (H, W, C) as the config's dataset pipeline delivers it."""
+    name = config.dataset.name
+    if name in _STATIC_INPUT_SHAPES:
+        return _STATIC_INPUT_SHAPES[name]
+    from sastc_jax.data.dvs import SPECS
+
+    size = config.dataset.image_size or SPECS[name].default_size
+    return (size, size, 2)
+
+
+def load_student(workdir: str | os.PathLike, checkpoint: str = "best"):
+    """``(model, variables, config, record)`` of the student a run saved in ``workdir``.
+
+    ``checkpoint``: 'best' (highest test accuracy) or 'final' (the last saved step).
+    Raises FileNotFoundError / CheckpointError naming what is missing.
+    """
+    import ml_collections
+
+    from sastc_jax import checkpointing, train
+
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}; got {checkpoint!r}.")
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{workdir} is not a training run directory: no config.json there. Pass the "
+            "--workdir of a `python -m sastc_jax.main` run."
+        )
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    student_dir = workdir / "student"
+    try:
+        state, record = checkpointing.load_stage_state(student_dir, which=CHECKPOINTS[checkpoint])
+    except checkpointing.CheckpointError as err:
+        raise checkpointing.CheckpointError(
+            f"no student checkpoint to export in {workdir}: {err}"
+        ) from err
+    model = train.build_student(config, int(record["num_classes"]))
+    variables = {"params": state["params"]["student"], "batch_stats": state["batch_stats"]}
+    return model, variables, config, record
+
+
+def export_workdir(
+    workdir: str | os.PathLike,
+    *,
+    checkpoint: str = "best",
+    output: str | os.PathLike | None = None,
+    dt: float = DEFAULT_DT,
+) -> Path:
+    """Export the student of a training run to a NIR file; returns the file's path.
+
+    ``output`` defaults to ``WORKDIR/student.nir``. Nothing is written on error.
+    """
+    from sastc_jax.data import static
+
+    model, variables, config, record = load_student(workdir, checkpoint)
+    input_shape = input_shape_for(config)
+    dataset = config.dataset.name
+    metadata = {
+        "dataset": dataset,
+        "num_classes": int(record["num_classes"]),
+        "checkpoint": f"{checkpoint} (step {record.get('step')})",
+        "distillation_method": str(record.get("method", "")),
+    }
+    normalisation = {
+        "fashion_mnist": (static.FASHION_MNIST_MEAN, static.FASHION_MNIST_STD),
+        "cifar10": (static.CIFAR10_MEAN, static.CIFAR10_STD),
+        "cifar100": (static.CIFAR100_MEAN, static.CIFAR100_STD),
+        "imagenet2012": (static.IMAGENET_MEAN, static.IMAGENET_STD),
+    }.get(dataset)
+    if normalisation is not None:
+        metadata["input_normalisation"] = "per channel (pixel / 255 - mean) / std"
+        metadata["input_mean"] = np.array(normalisation[0], np.float64)
+        metadata["input_std"] = np.array(normalisation[1], np.float64)
+    encoding = "direct" if dataset in _STATIC_INPUT_SHAPES else "event_frames"
+    graph = to_nir(model, variables, input_shape, dt=dt, encoding=encoding, extra_metadata=metadata)
+    return write(graph, Path(workdir) / "student.nir" if output is None else output)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line; returns the exit status (0, or 1 with a one-line error)."""
+    import argparse
+
+    from sastc_jax import checkpointing
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sastc_jax.export", description="Export a trained student to NIR."
+    )
+    parser.add_argument("--workdir", required=True, help="the run directory of sastc_jax.main")
+    parser.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), default="best")
+    parser.add_argument("--output", default=None, help="file to write (WORKDIR/student.nir)")
+    parser.add_argument("--dt", type=float, default=DEFAULT_DT, help="NIR time step")
+    args = parser.parse_args(argv)
+    try:
+        path = export_workdir(
+            args.workdir, checkpoint=args.checkpoint, output=args.output, dt=args.dt
+        )
+    except (ValueError, OSError, ImportError, checkpointing.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
