@@ -39,11 +39,21 @@ CASES = {
 def save_every_form(state_dict: dict, directory) -> list:
     """The state dict as each accepted file form; returns the paths."""
     prefixed = {f"module.{name}": tensor for name, tensor in state_dict.items()}
+    optimizer = {  # an SGD state_dict: tensors outside the model's state dict
+        "state": {0: {"momentum_buffer": torch.ones(3)}},
+        "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0]}],
+    }
     forms = {
-        "bare.pth": state_dict,
-        "checkpoint.pth.tar": {"state_dict": state_dict, "epoch": 90, "best_acc1": 73.3},
-        "model.pt": {"model": state_dict, "optimizer": {"lr": 0.1}},
-        "net_data_parallel.pth": {"net": prefixed, "acc": 95.1, "epoch": 199},
+        "bare.pth": state_dict,  # torchvision's published weights
+        # the release's teacher checkpoints: a DataParallel model's state dict and more
+        "ann_model_best.pth.tar": {
+            "epoch": 199,
+            "state_dict": prefixed,
+            "best_prec": 95.1,
+            "optimizer": optimizer,
+        },
+        "model.pt": {"model": state_dict, "optimizer": optimizer, "epoch": 3},
+        "net.pth": {"net": state_dict, "acc": 95.1, "epoch": 199},
         "data_parallel.pth": prefixed,
     }
     paths = []
