@@ -191,18 +191,23 @@ def _unwrap(loaded: Any, path: Path) -> Mapping[str, Any]:
 # ------------------------------------------------------------------------- mapping
 
 
-def torch_names(model_name: str, variable_paths: list[tuple[str, ...]]) -> dict[tuple, str]:
-    """PyTorch tensor name of each of our variable paths ``(collection, *modules, leaf)``.
-
-    Raises ValueError when ``model_name`` has no PyTorch layout.
-    """
+def layout(model_name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``(PyTorch model, name rules)`` of ``model_name``; ValueError when there is none."""
     if model_name not in LAYOUTS:
         supported = ", ".join(f"{ours} ({theirs})" for ours, (theirs, _) in LAYOUTS.items())
         raise ValueError(
             f"config.teacher.model = {model_name!r} cannot be imported from PyTorch; "
             f"supported: {supported}."
         )
-    rules = LAYOUTS[model_name][1]
+    return LAYOUTS[model_name]
+
+
+def torch_names(model_name: str, variable_paths: list[tuple[str, ...]]) -> dict[tuple, str]:
+    """PyTorch tensor name of each of our variable paths ``(collection, *modules, leaf)``.
+
+    Raises ValueError when ``model_name`` has no PyTorch layout.
+    """
+    rules = layout(model_name)[1]
     names = {}
     for path in variable_paths:
         collection, *modules, leaf = path
@@ -297,7 +302,7 @@ def convert(
     mis_listed = ", ".join(mis_shaped[:_MAX_LISTED])
     if len(mis_shaped) > _MAX_LISTED:
         mis_listed += f" and {len(mis_shaped) - _MAX_LISTED} more"
-    theirs = LAYOUTS[model_name][0]
+    theirs = layout(model_name)[0]
     if missing or unexpected or mis_shaped:
         problems = [
             f"{label} {listed}"
@@ -339,6 +344,7 @@ def load_teacher(
     ``record`` has the keys of an orbax teacher's record (``model``, ``num_classes``,
     ``dataset``, ``accuracy``; the latter two unknown: None) and ``source``, the file.
     """
+    layout(model_name)  # an unsupported model fails before the file is read
     tensors = read_state_dict(path)
     variables = convert(
         tensors, model, model_name, input_shape, num_classes=num_classes, source=str(path)
