@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from sastc_jax import losses, models, neurons
+from sastc_jax import losses, models, neurons, torch_import
 from sastc_jax.models.layers import INIT_SCHEMES
 
-STAGES = ("teacher", "distill", "all")
+STAGES = ("teacher", "distill", "all", "evaluate")
+EVALUATED = ("teacher", "student", "student_best")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("step", "cosine", "constant")
 DATASETS = ("cifar10", "cifar100", "imagenet2012", "fashion_mnist", "dvs_gesture", "cifar10_dvs")
@@ -54,7 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults of the release's CIFAR-10 ResNet-19 -> ResNet-19 SASTC run (SPEC §5)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.stage = "all"  # 'teacher' | 'distill' | 'all'
+    config.stage = "all"  # 'teacher' | 'distill' | 'all' | 'evaluate'
+    # Stage 'evaluate' reports the test accuracy of: 'teacher' (config.teacher.checkpoint),
+    # 'student' (WORKDIR/student, latest checkpoint) or 'student_best' (its best one).
+    config.evaluate = "student"
     config.dtype = "float32"  # compute dtype; 'bfloat16' for GPU/TPU runs
 
     config.dataset = ml_collections.ConfigDict(
@@ -74,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.teacher = ml_collections.ConfigDict(
         dict(
             model="resnet19_ann",
-            # '' = train it first (stage 'teacher') into WORKDIR/teacher/final.
+            # '' = train it first (stage 'teacher') into WORKDIR/teacher/final. Else an
+            # orbax teacher directory, or a PyTorch (.pth, .pt, .pth.tar) / .safetensors
+            # file to import (see sastc_jax/torch_import.py).
             checkpoint="",
             # Each teacher initialises as its PyTorch source (models/ann.py); a config
             # file may set model_kwargs.init_scheme to another scheme of models.layers.
@@ -122,6 +128,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
             )
 
     choice("stage", config.stage, STAGES)
+    choice("evaluate", config.evaluate, EVALUATED)
+    if config.stage == "teacher" and torch_import.is_torch_checkpoint(config.teacher.checkpoint):
+        raise ValueError(
+            f"config.teacher.checkpoint = {config.teacher.checkpoint!r} is a PyTorch file to "
+            "import; the `teacher` stage trains and saves an orbax teacher directory. Use "
+            "stage `distill`, `all` or `evaluate` with this file, or name a directory."
+        )
     choice("dtype", config.dtype, DTYPES)
     choice("method", config.method, losses.METHODS)
     choice("dataset.name", config.dataset.name, DATASETS)

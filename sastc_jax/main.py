@@ -3,7 +3,9 @@
 Any config field can be overridden, e.g. ``--config.method=kd --config.stage=distill``.
 ``config.stage``: ``teacher`` trains the ANN teacher, ``distill`` trains the SNN
 student against a frozen teacher checkpoint, ``all`` does both (skipping the
-teacher when its checkpoint exists). Rerunning with the same workdir resumes.
+teacher when its checkpoint exists or is a PyTorch file to import), ``evaluate``
+reports the test accuracy of ``config.evaluate`` (the teacher, or the student's
+latest / best checkpoint) without training. Rerunning with the same workdir resumes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sastc_jax import checkpointing, configuration, distributed, metrics, parallel, train
+from sastc_jax import (
+    checkpointing,
+    configuration,
+    distributed,
+    metrics,
+    parallel,
+    torch_import,
+    train,
+)
 
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True
@@ -42,6 +52,11 @@ def run(config, workdir: Path) -> list[dict]:
     configuration.validate(config, device_count=mesh.size)
     workdir.mkdir(parents=True, exist_ok=True)
     logger = metrics.MetricsLogger(workdir, enabled=jax.process_index() == 0)
+    if config.stage == "evaluate":  # the workdir's config.json and summary.json stay as they are
+        summary = train.evaluate_checkpoint(config, workdir, mesh, logger)
+        if jax.process_index() == 0:
+            (workdir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+        return [summary]
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     logger.info(
@@ -54,7 +69,9 @@ def run(config, workdir: Path) -> list[dict]:
     needs_teacher = config.method != "ce"
     teacher_dir = train.teacher_checkpoint_dir(config, workdir)
     if config.stage == "teacher" or (config.stage == "all" and needs_teacher):
-        if config.stage == "all" and checkpointing.teacher_exists(teacher_dir):
+        if config.stage == "all" and torch_import.is_torch_checkpoint(teacher_dir):
+            logger.info(f"[teacher] importing {teacher_dir}; skipping the stage")
+        elif config.stage == "all" and checkpointing.teacher_exists(teacher_dir):
             logger.info(f"[teacher] checkpoint found in {teacher_dir}; skipping the stage")
         else:
             summary = train.train_teacher(config, workdir, mesh, logger)

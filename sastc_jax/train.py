@@ -26,7 +26,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sastc_jax import calibration, checkpointing, data, losses, metrics, models, neurons, parallel
+from sastc_jax import (
+    calibration,
+    checkpointing,
+    data,
+    losses,
+    metrics,
+    models,
+    neurons,
+    parallel,
+    torch_import,
+)
 from sastc_jax import step as step_lib
 
 Array = jax.Array
@@ -81,12 +91,12 @@ class Stage:
     record: dict  # JSON facts stored with every checkpoint
 
 
-def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
-    """Train and test datasets for this process's share of a global batch."""
-    process_count = jax.process_count()
+def dataset_settings(config: ml_collections.ConfigDict, global_batch: int, mesh) -> dict:
+    """``data.get_dataset`` keywords shared by both splits, for this process's share of a
+    global batch."""
     parallel.local_batch_size(global_batch, mesh)  # raises unless it divides by the devices
-    common = dict(
-        batch_size=global_batch // process_count,
+    return dict(
+        batch_size=global_batch // jax.process_count(),
         time_steps=config.time_steps,
         seed=config.seed,
         data_dir=config.dataset.data_dir or None,
@@ -94,6 +104,11 @@ def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
         num_devices=jax.local_device_count(),
         image_size=config.dataset.image_size or None,
     )
+
+
+def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
+    """Train and test datasets for this process's share of a global batch."""
+    common = dataset_settings(config, global_batch, mesh)
     train_data = data.get_dataset(
         config.dataset.name, "train", train=True, augment=config.dataset.augment, **common
     )
@@ -182,11 +197,26 @@ def teacher_stage(config, mesh) -> Stage:
 
 
 def teacher_checkpoint_dir(config, workdir: Path) -> Path:
+    """The teacher's orbax directory, or the PyTorch / safetensors file to import."""
     return (
         Path(config.teacher.checkpoint)
         if config.teacher.checkpoint
         else (workdir / "teacher" / "final")
     )
+
+
+def load_teacher(
+    config, workdir: Path, model: flax.linen.Module, num_classes: int, input_shape: tuple
+) -> tuple[dict, dict]:
+    """The frozen teacher's ``(variables, record)`` for ``model``: imported from a PyTorch
+    or safetensors file (:mod:`sastc_jax.torch_import`), else from an orbax teacher
+    directory. ``input_shape`` is one example's shape."""
+    path = teacher_checkpoint_dir(config, workdir)
+    if torch_import.is_torch_checkpoint(path):
+        return torch_import.load_teacher(
+            path, model, config.teacher.model, input_shape, num_classes=num_classes
+        )
+    return checkpointing.load_teacher(path, model=config.teacher.model, num_classes=num_classes)
 
 
 @dataclasses.dataclass
@@ -228,13 +258,21 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
     return Distillation(student, teacher, calibrator, objective, taps)
 
 
-def distill_stage(config, mesh, workdir: Path) -> Stage:
+def distillation_inputs(config, mesh):
+    """``(train_data, eval_data, sample, parts)`` of the distillation stage: its datasets,
+    a zero per-device input batch and the :class:`Distillation` built for it."""
     optim = config.student.optimizer
     train_data, eval_data = load_datasets(config, optim.batch_size, mesh)
-    num_classes = train_data.num_classes
     local_batch = parallel.local_batch_size(optim.batch_size, mesh)
     sample = np.zeros((local_batch, *train_data.input_shape), np.float32)
-    parts = build_distillation(config, num_classes, sample)
+    parts = build_distillation(config, train_data.num_classes, sample)
+    return train_data, eval_data, sample, parts
+
+
+def distill_stage(config, mesh, workdir: Path) -> Stage:
+    optim = config.student.optimizer
+    train_data, eval_data, sample, parts = distillation_inputs(config, mesh)
+    num_classes = train_data.num_classes
     rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
     variables = init_variables(parts.student, rng_student, sample, mesh)
     params = {"student": variables["params"]}
@@ -243,10 +281,8 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
         params["calibration"] = init(rng_calibration)
     frozen, teacher_record = {}, {}
     if parts.teacher is not None:
-        teacher_vars, teacher_record = checkpointing.load_teacher(
-            teacher_checkpoint_dir(config, workdir),
-            model=config.teacher.model,
-            num_classes=num_classes,
+        teacher_vars, teacher_record = load_teacher(
+            config, workdir, parts.teacher, num_classes, train_data.input_shape
         )
         frozen = parallel.replicate(teacher_vars, mesh)
     tx, schedule = step_lib.make_optimizer(optim, steps_per_epoch(config, train_data))
@@ -546,4 +582,80 @@ def train_student(config, workdir: Path, mesh, logger) -> dict[str, Any]:
     summary = run_stage(stage, config, workdir, mesh, logger)
     summary["teacher_accuracy"] = stage.record["teacher"].get("accuracy")
     summary["method"] = config.method
+    return summary
+
+
+def student_state_shapes(
+    config, parts: Distillation, sample: np.ndarray, steps: int
+) -> step_lib.TrainState:
+    """Shapes and dtypes of the distillation stage's saved (portable) train state, as a
+    restore target; nothing is initialised or compiled."""
+    key = jax.random.key(0)
+    shapes = jax.eval_shape(functools.partial(parts.student.init, train=False), key, sample)
+    params = {"student": shapes["params"]}
+    if parts.calibrator is not None:
+        params["calibration"] = jax.eval_shape(parts.init_calibration, key)
+    tx, _ = step_lib.make_optimizer(config.student.optimizer, steps)
+    return step_lib.TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        batch_stats=shapes["batch_stats"],
+        opt_state=jax.eval_shape(tx.init, params),
+    )
+
+
+def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
+    """Stage ``evaluate``: the test-split accuracy of a saved model, without training.
+
+    ``config.evaluate`` picks the model: ``'teacher'`` (the orbax teacher directory or the
+    imported PyTorch / safetensors file of ``config.teacher.checkpoint``), ``'student'``
+    (the latest checkpoint of ``WORKDIR/student``) or ``'student_best'`` (its best one).
+    Writes a ``summary`` record with ``stage='evaluate'`` and returns it.
+    """
+    start = time.perf_counter()
+    if config.evaluate == "teacher":
+        settings = dataset_settings(config, config.teacher.optimizer.batch_size, mesh)
+        eval_data = data.get_dataset(config.dataset.name, "test", train=False, **settings)
+        model = build_teacher(config, eval_data.num_classes)
+        variables, _ = load_teacher(
+            config, workdir, model, eval_data.num_classes, eval_data.input_shape
+        )
+        variables = parallel.replicate(variables, mesh)
+        eval_step = step_lib.make_eval_step(model, mesh)
+        found = {
+            "model": config.teacher.model,
+            "checkpoint": str(teacher_checkpoint_dir(config, workdir)),
+        }
+    else:
+        train_data, eval_data, sample, parts = distillation_inputs(config, mesh)
+        eval_step = step_lib.make_eval_step(parts.student, mesh)
+        with checkpointing.Checkpoints(
+            workdir / "student", max_to_keep=config.keep_checkpoints
+        ) as ckpts:
+            target = student_state_shapes(
+                config, parts, sample, steps_per_epoch(config, train_data)
+            )
+            if config.evaluate == "student_best":
+                state, saved = ckpts.restore_best(target)
+            else:
+                state, saved = ckpts.restore(target)
+            directory = ckpts.directory / (
+                "best" if config.evaluate == "student_best" else "latest"
+            )
+        variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+        found = {
+            "model": config.student.model,
+            "checkpoint": str(directory),
+            "step": saved.get("step"),
+        }
+    result = evaluate(eval_step, variables, eval_data, mesh)
+    summary = {
+        "stage": "evaluate",
+        "split": "summary",
+        "evaluated": config.evaluate,
+        **found,
+        **result,
+        "seconds": time.perf_counter() - start,
+    }
+    logger.write(summary)
     return summary

@@ -141,3 +141,14 @@ def test_config_traces_one_step_on_mock_data(name, tmp_path):
     teacher_state = abstract_state(teacher_vars["params"], teacher_vars["batch_stats"], tx)
     _, teacher_metrics = jax.eval_shape(teacher_step, teacher_state, {}, abstract(batch))
     assert teacher_metrics["loss"].shape == ()
+
+
+def test_evaluated_model_is_validated():
+    config = configuration.base_config()
+    config.evaluate = "teacher_best"
+    with pytest.raises(ValueError, match=r"config\.evaluate = 'teacher_best' is not supported"):
+        configuration.validate(config)
+    config.evaluate, config.stage = "teacher", "teacher"
+    config.teacher.checkpoint = "resnet19.pth.tar"
+    with pytest.raises(ValueError, match="is a PyTorch file to import; the `teacher` stage"):
+        configuration.validate(config)

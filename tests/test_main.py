@@ -126,6 +126,43 @@ def test_every_method_distils(method, teacher_workdir, tmp_path):
     assert train_records == [] or all(np.isfinite(r["loss"]) for r in train_records)
 
 
+@pytest.mark.parametrize(
+    "evaluated, stage, field",
+    [
+        ("teacher", "teacher", "final_accuracy"),
+        ("student", "student", "final_accuracy"),
+        ("student_best", "student", "best_accuracy"),
+    ],
+)
+def test_evaluate_reports_the_saved_models_accuracy(
+    evaluated, stage, field, teacher_workdir, tmp_path
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(teacher_workdir, workdir)
+    completed = cli(
+        workdir,
+        "--config.stage=evaluate",
+        "--config.method=sastc",
+        f"--config.evaluate={evaluated}",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summaries = [r for r in read_metrics(workdir) if r["split"] == "summary"]
+    trained = {r["stage"]: r for r in summaries[:-1]}
+    evaluation = json.loads((workdir / "evaluation.json").read_text())
+    assert summaries[-1] == evaluation and evaluation["stage"] == "evaluate"
+    assert evaluation["evaluated"] == evaluated and evaluation["count"] == NUM_EXAMPLES
+    assert evaluation["accuracy"] == trained[stage][field]
+    assert (workdir / "config.json").read_text() == (teacher_workdir / "config.json").read_text()
+
+
+def test_evaluate_without_a_student_checkpoint(tmp_path):
+    completed = cli(tmp_path, "--config.stage=evaluate", "--config.evaluate=student")
+    assert completed.returncode == 1
+    assert f"no checkpoint in {tmp_path / 'student' / 'latest'}: nothing to restore" in (
+        completed.stderr
+    )
+
+
 def test_teacher_stage_alone(tmp_path):
     completed = cli(tmp_path, "--config.stage=teacher")
     assert completed.returncode == 0, completed.stderr[-3000:]
