@@ -9,19 +9,24 @@ the evaluation iterator (resize 256 + centre crop 224). Reported per setting: im
 (wall clock), the process's CPU seconds, and images per CPU second = images/s per core
 (the figure that does not depend on other load of a shared machine).
 `--threads 0` builds batches on the consuming thread; N > 0 uses N grain threads.
+`--compare_processes N` also times the training batches built by N grain threads against
+N grain worker processes (`mp_prefetch`), wall clock after the first batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
+import grain
 import numpy as np
 from PIL import Image
 
 from sastc_jax import data
+from sastc_jax.data.augment import ExampleRandom
 
 
 def write_tree(root: str, images: int, classes: int = 4, seed: int = 0) -> None:
@@ -63,12 +68,45 @@ def measure(root: str, train: bool, threads: int, epochs: int, batch_size: int):
     return images, time.perf_counter() - wall, time.process_time() - cpu
 
 
+class TrainBatch:
+    """Training batch `step` of epoch 0 (a picklable callable for grain's processes)."""
+
+    def __init__(self, ds: data.Dataset):
+        self.loader, self.indices = ds.loader, ds.host_indices(0)[0]
+        self.random = ExampleRandom(ds.seed, 0)
+
+    def __call__(self, step: int) -> np.ndarray:
+        return self.loader.load(self.indices[step], self.random)[0]
+
+
+def threads_or_processes(root: str, workers: int, processes: bool, batch_size: int) -> float:
+    """Training images/s over one epoch after its first batch, built by `workers` grain
+    threads or worker processes."""
+    ds = data.get_dataset(
+        "imagenet2012", "train", batch_size=batch_size, train=True, data_dir=root,
+        source="folder", process_index=0, process_count=1, num_devices=1,
+    )  # fmt: skip
+    steps = grain.MapDataset.range(ds.steps_per_epoch).map(TrainBatch(ds))
+    if processes:
+        options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        mp = grain.MultiprocessingOptions(num_workers=workers)
+        batches = iter(steps.to_iter_dataset(options).mp_prefetch(mp))
+    else:
+        options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=workers)
+        batches = iter(steps.to_iter_dataset(options))
+    next(batches)
+    start = time.perf_counter()
+    images = sum(batch.shape[0] for batch in batches)
+    return images / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--threads", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--compare_processes", type=int, default=0, metavar="N")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         write_tree(root, args.images)
@@ -87,6 +125,17 @@ def main() -> None:
                     f"threads {threads}: {images / wall:7.0f} images/s wall, "
                     f"{cpu:6.2f} CPU s, {images / cpu:5.0f} images/s per core"
                 )
+        if args.compare_processes:
+            from absl import flags
+
+            flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags
+            for _ in range(2):
+                for processes in (False, True):
+                    rate = threads_or_processes(
+                        root, args.compare_processes, processes, args.batch_size
+                    )
+                    kind = "processes" if processes else "threads"
+                    print(f"train, {args.compare_processes} grain {kind:9s}: {rate:5.0f} images/s")
 
 
 if __name__ == "__main__":

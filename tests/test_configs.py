@@ -141,3 +141,12 @@ def test_config_traces_one_step_on_mock_data(name, tmp_path):
     teacher_state = abstract_state(teacher_vars["params"], teacher_vars["batch_stats"], tx)
     _, teacher_metrics = jax.eval_shape(teacher_step, teacher_state, {}, abstract(batch))
     assert teacher_metrics["loss"].shape == ()
+
+
+def test_dataset_source_must_be_a_reader_of_the_dataset():
+    config = load_config("cifar10_t2")
+    config.dataset.source = "folder"
+    with pytest.raises(ValueError, match=r"config.dataset.source = 'folder'.*cifar_python"):
+        configuration.validate(config, device_count=1)
+    config.dataset.source = "cifar_python"
+    configuration.validate(config, device_count=1)
