@@ -1,6 +1,9 @@
 """ImageNet, T=4: ResNet-34 ANN -> spiking ResNet-34 with SASTC.
 
-Needs the TFDS manual-download layout of imagenet2012 under ``dataset.data_dir``.
+``dataset.data_dir`` is either a folder holding ``train/`` and ``val/`` with one
+sub-folder per class (torchvision's ImageFolder layout, read as JPEG/PNG files; the class
+count is the number of class folders) or the TFDS manual-download layout of imagenet2012;
+``dataset.source='auto'`` tells them apart (``'folder'`` or ``'tfds'`` forces one).
 For the cheaper pair use ``--config.teacher.model=resnet18_ann
 --config.student.model=resnet18_snn``.
 """
@@ -11,7 +14,8 @@ from sastc_jax.configuration import base_config, optimizer_config
 def get_config():
     config = base_config()
     config.dataset.name = "imagenet2012"
-    config.dataset.data_dir = "~/tensorflow_datasets"
+    config.dataset.data_dir = "~/tensorflow_datasets"  # or the folder holding train/ and val/
+    config.dataset.source = "auto"
     config.time_steps = 4
     config.dtype = "bfloat16"
     config.teacher.model = "resnet34_ann"

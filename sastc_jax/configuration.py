@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sastc_jax import losses, models, neurons, torch_import
+from sastc_jax import data, losses, models, neurons, torch_import
 from sastc_jax.models.layers import INIT_SCHEMES
 
 STAGES = ("teacher", "distill", "all", "evaluate")
@@ -65,8 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             name="cifar10",
             data_dir="",  # '' = the dataset's default location
-            source="auto",  # fashion_mnist: 'local' (Debian IDX files) or 'tfds'
-            image_size=0,  # DVS frame size; 0 = the dataset's default
+            # the reader, data.SOURCES[name]: 'tfds', 'local' (Fashion-MNIST IDX files),
+            # 'cifar_python', 'folder' (ImageNet); 'auto' detects it from data_dir
+            source="auto",
+            image_size=0,  # DVS frame size, ImageNet crop size; 0 = the dataset's default
             augment=True,
         )
     )
@@ -138,6 +140,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     choice("dtype", config.dtype, DTYPES)
     choice("method", config.method, losses.METHODS)
     choice("dataset.name", config.dataset.name, DATASETS)
+    choice("dataset.source", config.dataset.source, data.SOURCES[config.dataset.name])
     choice("teacher.model", config.teacher.model, models.list_models())
     choice("student.model", config.student.model, models.list_models())
     for role in ("teacher", "student"):

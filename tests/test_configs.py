@@ -152,3 +152,12 @@ def test_evaluated_model_is_validated():
     config.teacher.checkpoint = "resnet19.pth.tar"
     with pytest.raises(ValueError, match="is a PyTorch file to import; the `teacher` stage"):
         configuration.validate(config)
+
+
+def test_dataset_source_must_be_a_reader_of_the_dataset():
+    config = load_config("cifar10_t2")
+    config.dataset.source = "folder"
+    with pytest.raises(ValueError, match=r"config.dataset.source = 'folder'.*cifar_python"):
+        configuration.validate(config, device_count=1)
+    config.dataset.source = "cifar_python"
+    configuration.validate(config, device_count=1)

@@ -6,7 +6,10 @@
 
 Datasets: 'cifar10', 'cifar100', 'imagenet2012' (TFDS, ArrayRecord, never downloaded),
 'fashion_mnist' (Debian IDX files by default, or TFDS), 'dvs_gesture' and 'cifar10_dvs'
-(tonic, `dvs` extra; T event frames per example, cached on disk).
+(tonic, `dvs` extra; T event frames per example, cached on disk). CIFAR can also be read
+from torchvision's python archives ('cifar_python') and ImageNet from a folder of images
+in torchvision's ImageFolder layout ('folder'); source='auto' picks them when data_dir
+holds them (see SOURCES and resolve_source).
 """
 
 from __future__ import annotations
@@ -26,19 +29,56 @@ NUM_CLASSES = {
 }
 DATASET_NAMES = tuple(NUM_CLASSES)
 SPLITS = ("train", "test")
+# The readers of each dataset ('auto' picks one, see resolve_source).
+SOURCES = {
+    "cifar10": ("auto", "tfds", "cifar_python"),
+    "cifar100": ("auto", "tfds", "cifar_python"),
+    "imagenet2012": ("auto", "tfds", "folder"),
+    "fashion_mnist": ("auto", "local", "tfds"),
+    "dvs_gesture": ("auto",),
+    "cifar10_dvs": ("auto",),
+}
 
 __all__ = [
     "DATASET_NAMES",
     "NUM_CLASSES",
+    "SOURCES",
     "BatchLoader",
     "Dataset",
     "DatasetNotFoundError",
     "get_dataset",
+    "resolve_source",
 ]
 
 
 def _default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def resolve_source(name: str, data_dir: str | None, source: str = "auto") -> str:
+    """The reader `source` stands for: 'auto' becomes 'cifar_python' when data_dir holds
+    the CIFAR python archive, 'folder' when it holds train/ or val/ (ImageNet), 'local'
+    for Fashion-MNIST, else 'tfds' (or 'auto' for the DVS datasets, read by tonic)."""
+    if source not in SOURCES[name]:
+        raise ValueError(
+            f"source {source!r} is not a reader of {name}; choose one of "
+            f"{', '.join(map(repr, SOURCES[name]))}."
+        )
+    if source != "auto" or name in ("dvs_gesture", "cifar10_dvs"):
+        return source
+    if name == "fashion_mnist":
+        return "local"
+    if name in ("cifar10", "cifar100") and data_dir:
+        from sastc_jax.data.cifar_python import archive_dir
+
+        if archive_dir(name, data_dir) is not None:
+            return "cifar_python"
+    if name == "imagenet2012" and data_dir:
+        from sastc_jax.data.image_folder import is_image_folder_root
+
+        if is_image_folder_root(os.path.expanduser(data_dir)):
+            return "folder"
+    return "tfds"
 
 
 def get_dataset(
@@ -74,12 +114,19 @@ def get_dataset(
       train: True shuffles every epoch, augments (if `augment`) and drops the last
         incomplete batch; False keeps the split order and pads the last batch (mask False).
       data_dir: TFDS data_dir; tonic's save_to root for DVS; the IDX directory for
-        fashion_mnist's local source (default /usr/share/datasets/fashion-mnist).
-      source: fashion_mnist only: 'local' (IDX files), 'tfds', or 'auto' (= 'local').
+        fashion_mnist's local source (default /usr/share/datasets/fashion-mnist); the root
+        holding cifar-10-batches-py/ or cifar-100-python/ for 'cifar_python'; the root
+        holding train/ and val/ class folders for ImageNet's 'folder'.
+      source: the reader, one of SOURCES[name]: 'tfds'; 'local' (Fashion-MNIST IDX
+        files); 'cifar_python' (torchvision's CIFAR archives); 'folder' (ImageNet in
+        ImageFolder layout; the class count is the number of class folders); 'auto'
+        detects them from data_dir (resolve_source).
       process_index, process_count: this host and the host count (default: jax's).
       num_devices: local devices the batch is split over (default jax.local_device_count()).
       augment: train-time augmentation on/off.
-      image_size: DVS frame size (default 48 for cifar10_dvs, 128 for dvs_gesture).
+      image_size: DVS frame size (default 48 for cifar10_dvs, 128 for dvs_gesture);
+        ImageNet crop size (default 224; evaluation resizes the shorter side to
+        round(image_size * 256 / 224) first).
       cache_dir: where framed DVS splits are cached (default <data_dir>/sastc_frames).
       max_shift: DVS roll range in pixels (default image_size // 12).
       flip: DVS horizontal flip (default on for cifar10_dvs, off for dvs_gesture).
@@ -95,8 +142,6 @@ def get_dataset(
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for {name}; choose 'train' or 'test'.")
-    if source != "auto" and name != "fashion_mnist":
-        raise ValueError(f"source= selects the Fashion-MNIST reader only; {name} takes 'auto'.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if process_index is None or process_count is None or num_devices is None:
@@ -119,14 +164,26 @@ def get_dataset(
     if threads < 0:
         raise ValueError(f"num_threads must be >= 0, got {threads}.")
 
+    source = resolve_source(name, data_dir, source)
+    num_classes = NUM_CLASSES[name]
     if name in ("cifar10", "cifar100"):
         from sastc_jax.data.static import cifar_loader
 
-        loader = cifar_loader(name, split, data_dir)
+        loader = cifar_loader(name, split, data_dir, source)
+    elif name == "imagenet2012" and source == "folder":
+        from sastc_jax.data.image_folder import image_folder_loader
+
+        if not data_dir:
+            raise ValueError(
+                "ImageNet from an image folder needs data_dir: the folder holding train/ "
+                "and val/ with one sub-folder per class."
+            )
+        loader = image_folder_loader(data_dir, split, image_size)
+        num_classes = len(loader.classes)
     elif name == "imagenet2012":
         from sastc_jax.data.static import imagenet_loader
 
-        loader = imagenet_loader(split, data_dir)
+        loader = imagenet_loader(split, data_dir, image_size)
     elif name == "fashion_mnist":
         from sastc_jax.data.static import fashion_mnist_loader
 
@@ -149,7 +206,7 @@ def get_dataset(
         loader,
         name=name,
         split=split,
-        num_classes=NUM_CLASSES[name],
+        num_classes=num_classes,
         batch_size=batch_size,
         seed=seed,
         train=train,

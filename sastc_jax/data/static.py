@@ -194,9 +194,17 @@ class ImageNetLoader:
         return aug.normalize_float(out, self.mean, self.std), labels
 
 
-def cifar_loader(name: str, split: str, data_dir: str | None) -> ArrayImageLoader:
-    """CIFAR-10 or CIFAR-100 split from TFDS, held in memory."""
-    images, labels = tfds_arrays(tfds_source(name, split, data_dir))
+def cifar_loader(
+    name: str, split: str, data_dir: str | None, source: str = "tfds"
+) -> ArrayImageLoader:
+    """CIFAR-10 or CIFAR-100 split from TFDS or ('cifar_python') torchvision's python
+    archive, held in memory."""
+    if source == "cifar_python":
+        from sastc_jax.data import cifar_python
+
+        images, labels = cifar_python.load_split(name, split, data_dir)
+    else:
+        images, labels = tfds_arrays(tfds_source(name, split, data_dir))
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     return ArrayImageLoader(images, labels, mean, std, pad=4)
 
@@ -215,6 +223,14 @@ def fashion_mnist_loader(split: str, data_dir: str | None, source: str) -> Array
     return ArrayImageLoader(images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=2)
 
 
-def imagenet_loader(split: str, data_dir: str | None) -> ImageNetLoader:
-    """ImageNet (TFDS `imagenet2012`, manual-download layout); 'test' is the validation split."""
-    return ImageNetLoader(tfds_source("imagenet2012", split, data_dir))
+def imagenet_loader(split: str, data_dir: str | None, size: int | None = None) -> ImageNetLoader:
+    """ImageNet (TFDS `imagenet2012`, manual-download layout); 'test' is the validation split.
+
+    `size` is the crop side (default 224); evaluation first takes size * 256/224 of the
+    shorter side."""
+    size = size or IMAGENET_SIZE
+    return ImageNetLoader(
+        tfds_source("imagenet2012", split, data_dir),
+        size=size,
+        resize=round(size * IMAGENET_RESIZE / IMAGENET_SIZE),
+    )
