@@ -14,6 +14,10 @@ Methods:
 - ``layerwise``: fixed pairs i <-> i with weight 1 at every step (needs S == K).
 
 The notebook entry points are :func:`init_calibration` and :func:`calibration_loss`.
+
+Initialisation as the release, whose MLPs and regressors are plain ``nn.Linear`` /
+``nn.Conv2d`` / ``nn.BatchNorm2d`` with PyTorch's defaults: weights and MLP biases
+uniform in +-1/sqrt(fan_in), batch norm scale 1 and bias 0.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from sastc_jax.models.layers import Dense, pytorch_weight_init
 
 Array = jax.Array
 METHODS = ("sastc", "spatial", "layerwise")
@@ -81,8 +87,8 @@ class EmbeddingMLP(nn.Module):
 
     @nn.compact
     def __call__(self, rows: Array) -> Array:
-        hidden = nn.relu(nn.Dense(2 * self.embed_dim, name="hidden")(rows))
-        embedding = nn.Dense(self.embed_dim, name="out")(hidden)
+        hidden = nn.relu(Dense(2 * self.embed_dim, name="hidden")(rows))
+        embedding = Dense(self.embed_dim, name="out")(hidden)
         # x / max(|x|, 1e-12) with a finite gradient at x = 0: a sample whose spike map
         # is all zero has a zero similarity row, hence a zero embedding.
         squared_norm = jnp.sum(embedding * embedding, axis=-1, keepdims=True)
@@ -127,13 +133,23 @@ class Regressor(nn.Module):
         steps, batch = x.shape[:2]
         merged = x.reshape(steps * batch, *x.shape[2:])
         hidden = nn.Conv(
-            2 * self.out_channels, (3, 3), use_bias=False, dtype=self.dtype, name="conv3x3"
+            2 * self.out_channels,
+            (3, 3),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=pytorch_weight_init,
+            name="conv3x3",
         )(merged)
         hidden = TimeStepBatchNorm(name="bn")(hidden.reshape(steps, batch, *hidden.shape[1:]))
         hidden = nn.relu(hidden).reshape(steps * batch, *hidden.shape[2:])
-        out = nn.Conv(self.out_channels, (1, 1), use_bias=False, dtype=self.dtype, name="conv1x1")(
-            hidden
-        )
+        out = nn.Conv(
+            self.out_channels,
+            (1, 1),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=pytorch_weight_init,
+            name="conv1x1",
+        )(hidden)
         return out.reshape(steps, batch, *out.shape[1:])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 from sastc_jax import losses, models, neurons
+from sastc_jax.models.layers import INIT_SCHEMES
 
 STAGES = ("teacher", "distill", "all")
 DTYPES = ("float32", "bfloat16")
@@ -78,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
             model="resnet19_ann",
             # '' = train it first (stage 'teacher') into WORKDIR/teacher/final.
             checkpoint="",
+            # Each teacher initialises as its PyTorch source (models/ann.py); a config
+            # file may set model_kwargs.init_scheme to another scheme of models.layers.
             model_kwargs=ml_collections.ConfigDict(),
             optimizer=optimizer_config(
                 learning_rate=0.1, epochs=300, batch_size=128, decay_epochs=(150, 225)
@@ -87,7 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.student = ml_collections.ConfigDict(
         dict(
             model="resnet19_snn",
-            model_kwargs=ml_collections.ConfigDict(),
+            # init_scheme: 'pytorch' (the release's student: PyTorch's module defaults) or
+            # 'kaiming_fan_out' (Kaiming-normal fan-out convs, zero dense biases).
+            model_kwargs=ml_collections.ConfigDict(dict(init_scheme="pytorch")),
             optimizer=optimizer_config(
                 learning_rate=0.01, epochs=240, batch_size=64, decay_epochs=(150, 180, 210)
             ),
@@ -125,6 +130,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     choice("dataset.name", config.dataset.name, DATASETS)
     choice("teacher.model", config.teacher.model, models.list_models())
     choice("student.model", config.student.model, models.list_models())
+    for role in ("teacher", "student"):
+        if "init_scheme" in config[role].model_kwargs:
+            scheme = config[role].model_kwargs.init_scheme
+            choice(f"{role}.model_kwargs.init_scheme", scheme, INIT_SCHEMES)
     if models.is_spiking(config.teacher.model):
         raise ValueError(
             f"config.teacher.model = {config.teacher.model!r} is a spiking "

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from init_statistics import assert_pytorch_uniform, fans
 
 from sastc_jax.calibration import (
     Calibration,
@@ -252,3 +253,26 @@ def test_all_zero_spike_map_gives_finite_gradients():
     variables = init_calibration(jax.random.key(1), student, teacher)
     grads = jax.grad(lambda v: calibration_loss(v, student, teacher)[0])(variables)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(grads))
+
+
+def test_initialised_as_the_release_with_pytorch_defaults():
+    """The release's MLPs and regressors are plain nn.Linear / nn.Conv2d / BatchNorm2d."""
+    student = [jnp.zeros((2, 8, 16, 16, 32)), jnp.zeros((2, 8, 8, 8, 64))]
+    teacher = [jnp.zeros((8, 16, 16, 48)), jnp.zeros((8, 8, 8, 96))]
+    params = init_calibration(jax.random.key(0), student, teacher)["params"]
+    checked = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = "/".join(str(key.key) for key in path)
+        value = np.asarray(leaf)
+        if path[-1].key == "kernel":  # conv (k, k, in, out) or dense (in, out)
+            assert_pytorch_uniform(value, fans(value)[0], name)
+        elif path[-1].key == "bias" and path[-2].key in ("hidden", "out"):  # MLP dense
+            parent = params
+            for key in path[:-1]:
+                parent = parent[key.key]
+            assert_pytorch_uniform(value, parent["kernel"].shape[0], name)
+        else:  # the regressors' batch norm
+            np.testing.assert_array_equal(value, 1.0 if path[-1].key == "scale" else 0.0, name)
+        checked += 1
+    # 2 key + 2 query MLPs (4 params each), 4 regressors (2 kernels + BN scale/bias each).
+    assert checked == 4 * 4 + 4 * 4

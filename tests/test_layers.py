@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from init_statistics import assert_kaiming_fan_out, assert_pytorch_uniform, fans
 
 from sastc_jax.models.layers import (
     LIF,
@@ -14,6 +16,7 @@ from sastc_jax.models.layers import (
     apply_merged,
     avg_pool,
     conv,
+    dense,
     max_pool,
     merge_time,
     repeat_over_time,
@@ -104,3 +107,54 @@ def test_ann_input_collapses_time():
     np.testing.assert_allclose(ann_input(frames), frames.mean(axis=1))
     with pytest.raises(ValueError, match="got shape"):
         ann_input(jnp.zeros((4, 4, 2)))
+
+
+# ------------------------------------------------------------------ initialisation
+
+CONV_SHAPES = [(3, 3, 128, 128), (1, 1, 64, 256), (7, 7, 3, 64), (3, 3, 3, 16)]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_conv_pytorch_scheme_is_uniform_in_inverse_sqrt_fan_in(shape):
+    k, _, c_in, c_out = shape
+    layer = conv(c_out, k, init_scheme="pytorch")
+    kernel = layer.init(jax.random.key(0), jnp.zeros((1, 8, 8, c_in)))["params"]["kernel"]
+    assert kernel.shape == shape
+    assert_pytorch_uniform(kernel, fans(np.asarray(kernel))[0], f"conv {shape}")
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+@pytest.mark.parametrize("scheme", ["torchvision", "kaiming_fan_out"])
+def test_conv_kaiming_schemes_are_normal_with_variance_two_over_fan_out(shape, scheme):
+    k, _, c_in, c_out = shape
+    layer = conv(c_out, k, init_scheme=scheme)
+    kernel = layer.init(jax.random.key(0), jnp.zeros((1, 8, 8, c_in)))["params"]["kernel"]
+    assert_kaiming_fan_out(np.asarray(kernel), f"conv {shape} {scheme}")
+
+
+@pytest.mark.parametrize("fan_in, features", [(512, 10), (64, 4096), (256, 256)])
+@pytest.mark.parametrize("scheme", ["pytorch", "torchvision", "kaiming_fan_out"])
+def test_dense_weights_and_biases_follow_the_scheme(fan_in, features, scheme):
+    params = dense(features, init_scheme=scheme).init(jax.random.key(0), jnp.zeros((2, fan_in)))
+    kernel, bias = np.asarray(params["params"]["kernel"]), np.asarray(params["params"]["bias"])
+    assert kernel.shape == (fan_in, features) and bias.shape == (features,)
+    assert_pytorch_uniform(kernel, fan_in, f"dense kernel {fan_in}->{features}")
+    if scheme == "kaiming_fan_out":
+        np.testing.assert_array_equal(bias, 0)
+    else:
+        assert_pytorch_uniform(bias, fan_in, f"dense bias {fan_in}->{features}")
+
+
+def test_dense_equals_flax_dense_with_the_same_parameters():
+    x = jax.random.normal(jax.random.key(1), (3, 5, 16))
+    params = dense(8).init(jax.random.key(0), x)
+    np.testing.assert_allclose(
+        dense(8).apply(params, x), nn.Dense(8).apply(params, x), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_unknown_init_scheme_is_refused():
+    with pytest.raises(ValueError, match=r"init_scheme 'xavier'.*pytorch"):
+        conv(4, init_scheme="xavier").init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+    with pytest.raises(ValueError, match="init_scheme 'xavier'"):
+        dense(4, init_scheme="xavier").init(jax.random.key(0), jnp.zeros((1, 3)))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from init_statistics import assert_kaiming_fan_out, assert_pytorch_uniform, fans
 
 from sastc_jax.models import get_model, get_taps, is_spiking, list_models
 
@@ -310,3 +311,62 @@ def test_registry_names_and_kinds():
     }
     for name in list_models():
         assert is_spiking(name) == name.endswith("_snn")
+
+
+# ------------------------------------------------------------------ initialisation
+
+# model, its PyTorch source's scheme, init kwargs. Students: PyTorch's module defaults
+# (the release's spiking ResNet); teachers: their sources (models/ann.py docstring).
+INIT_RULES = [
+    ("resnet19_snn", "pytorch", {}),
+    ("convnet_snn", "pytorch", {}),
+    ("vgg11_snn", "pytorch", {"stages": ((8,), (16,))}),
+    ("convnet_snn", "kaiming_fan_out", {"init_scheme": "kaiming_fan_out"}),
+    ("resnet19_ann", "torchvision", {}),
+    ("pyramidnet20_ann", "torchvision", {}),
+    ("wrn28_4_ann", "kaiming_fan_out", {}),
+    ("convnet_ann", "kaiming_fan_out", {}),
+]
+
+
+def assert_initialised_as(params, scheme: str) -> int:
+    """Check every kernel, dense bias and BN parameter against ``scheme``; returns the count."""
+    checked = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = "/".join(str(getattr(key, "key", key)) for key in path)
+        value = np.asarray(leaf)
+        if path[-1].key == "kernel":
+            fan_in, _ = fans(value)
+            if value.ndim == 4 and scheme != "pytorch":
+                assert_kaiming_fan_out(value, name)
+            else:  # PyTorch's default: every dense kernel, and every conv under 'pytorch'
+                assert_pytorch_uniform(value, fan_in, name)
+        elif path[-1].key == "bias" and "fc" in name.split("/")[-2]:
+            fan_in = params_of(params, path[:-1])["kernel"].shape[0]
+            if scheme == "kaiming_fan_out":
+                np.testing.assert_array_equal(value, 0, err_msg=name)
+            else:
+                assert_pytorch_uniform(value, fan_in, name)
+        elif path[-1].key in ("scale", "bias"):  # batch norm
+            np.testing.assert_array_equal(value, 1.0 if path[-1].key == "scale" else 0.0, name)
+        else:
+            raise AssertionError(f"unchecked parameter {name}")
+        checked += 1
+    return checked
+
+
+def params_of(params, path):
+    for key in path:
+        params = params[key.key]
+    return params
+
+
+@pytest.mark.parametrize("name, scheme, kwargs", INIT_RULES, ids=lambda v: str(v)[:20])
+def test_models_initialise_as_their_pytorch_source(name, scheme, kwargs):
+    spiking = is_spiking(name)
+    model = get_model(name, num_classes=10, **({"time_steps": 1} if spiking else {}), **kwargs)
+    # 8x8 inputs (the weights do not depend on the input size) and the 'rbg' PRNG, which
+    # compiles several times faster than threefry for a model's hundred draws.
+    key = jax.random.key(0, impl="rbg")
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 3)), train=False))(key)
+    assert assert_initialised_as(variables["params"], scheme) > 3

@@ -8,10 +8,19 @@ Common contract of every ANN here:
 - output: float32 logits ``(B, num_classes)``;
 - taps: each stage output ``(B, H, W, C)`` in the compute dtype, sown into
   ``'intermediates'/'taps'`` from the top-level module in depth order.
+
+Initialisation follows each model's PyTorch source (``init_scheme``, see
+:mod:`sastc_jax.models.layers`); batch norm starts at scale 1, bias 0 everywhere:
+
+- ResNet-19 (the release), ResNet-18/34 (torchvision), PyramidNet-20 (the release):
+  ``'torchvision'``, Kaiming-normal fan-out convs, PyTorch-default linear layer;
+- WRN-28-4 (the release): ``'kaiming_fan_out'``, the same convs, linear bias zero;
+- VGG-11 and the ConvNet have no PyTorch source here: ``'kaiming_fan_out'``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -35,9 +44,10 @@ from sastc_jax.models.registry import TAPS_COLLECTION, TAPS_NAME, register
 Array = jax.Array
 
 
-def classifier(x: Array, num_classes: int, dtype: Dtype) -> Array:
+def classifier(x: Array, num_classes: int, dtype: Dtype, init_scheme: str) -> Array:
     """Global average pool + dense: ``(B, H, W, C) -> (B, num_classes)`` float32 logits."""
-    return dense(num_classes, dtype=dtype, name="fc")(global_avg_pool(x)).astype(jnp.float32)
+    logits = dense(num_classes, dtype=dtype, init_scheme=init_scheme, name="fc")(global_avg_pool(x))
+    return logits.astype(jnp.float32)
 
 
 # -------------------------------------------------------------------------- ResNet
@@ -55,15 +65,17 @@ class BasicBlock(nn.Module):
     features: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    init_scheme: str = "torchvision"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        y = ConvBN(self.features, 3, self.stride, self.dtype, name="conv_bn1")(x, train)
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
+        y = conv_bn(self.features, 3, self.stride, name="conv_bn1")(x, train)
         y = nn.relu(y)
-        y = ConvBN(self.features, 3, 1, self.dtype, name="conv_bn2")(y, train)
+        y = conv_bn(self.features, 3, 1, name="conv_bn2")(y, train)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = ConvBN(self.features, 1, self.stride, self.dtype, name="shortcut")(x, train)
+            shortcut = conv_bn(self.features, 1, self.stride, name="shortcut")(x, train)
         return nn.relu(y + shortcut)
 
 
@@ -84,18 +96,20 @@ class ResNet(nn.Module):
     stem: str = "cifar"
     stem_width: int = 64
     dtype: Dtype = jnp.float32
+    init_scheme: str = "torchvision"
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
         if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
             raise ValueError("stage_sizes, widths and strides must have the same length.")
         x = ann_input(x).astype(self.dtype)
         if self.stem == "cifar":
-            x = nn.relu(ConvBN(self.stem_width, 3, 1, self.dtype, name="stem")(x, train))
+            x = nn.relu(conv_bn(self.stem_width, 3, 1, name="stem")(x, train))
         elif self.stem == "imagenet":
-            x = nn.relu(ConvBN(self.stem_width, 7, 2, self.dtype, name="stem")(x, train))
+            x = nn.relu(conv_bn(self.stem_width, 7, 2, name="stem")(x, train))
             x = max_pool(x, window=3, stride=2, padding=1)
         else:
             raise ValueError(f"Unknown stem {self.stem!r}; choose 'cifar' or 'imagenet'.")
@@ -108,11 +122,12 @@ class ResNet(nn.Module):
                     width,
                     stride if block == 0 else 1,
                     self.dtype,
+                    self.init_scheme,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
 
-        return classifier(x, self.num_classes, self.dtype)
+        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
 
 
 @register("resnet19_ann")
@@ -167,19 +182,19 @@ class WideBasicBlock(nn.Module):
     features: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    init_scheme: str = "kaiming_fan_out"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
+        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
         preact = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         if self.stride == 1 and x.shape[-1] == self.features:
             shortcut = x
         else:
-            shortcut = conv(self.features, 1, self.stride, dtype=self.dtype, name="shortcut")(
-                preact
-            )
-        y = conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(preact)
+            shortcut = make_conv(self.features, 1, self.stride, name="shortcut")(preact)
+        y = make_conv(self.features, 3, self.stride, name="conv1")(preact)
         y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
-        y = conv(self.features, 3, 1, dtype=self.dtype, name="conv2")(y)
+        y = make_conv(self.features, 3, 1, name="conv2")(y)
         return y + shortcut
 
 
@@ -195,27 +210,30 @@ class WideResNet(nn.Module):
     depth: int = 28
     widen_factor: int = 4
     dtype: Dtype = jnp.float32
+    init_scheme: str = "kaiming_fan_out"
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
+        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
         if (self.depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n + 4; got {self.depth}.")
         blocks_per_stage = (self.depth - 4) // 6
         x = ann_input(x).astype(self.dtype)
-        x = conv(16, 3, 1, dtype=self.dtype, name="stem")(x)
+        x = make_conv(16, 3, 1, name="stem")(x)
         for stage, (width, stride) in enumerate(zip((16, 32, 64), (1, 2, 2), strict=True)):
             for block in range(blocks_per_stage):
                 x = WideBasicBlock(
                     width * self.widen_factor,
                     stride if block == 0 else 1,
                     self.dtype,
+                    self.init_scheme,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
         x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn_final")(x))
-        return classifier(x, self.num_classes, self.dtype)
+        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
 
 
 @register("wrn28_4_ann")
@@ -242,13 +260,15 @@ class PyramidBasicBlock(nn.Module):
     features: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    init_scheme: str = "torchvision"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
+        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
         y = batch_norm(train, dtype=self.dtype, name="bn1")(x)
-        y = conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(y)
+        y = make_conv(self.features, 3, self.stride, name="conv1")(y)
         y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
-        y = conv(self.features, 3, 1, dtype=self.dtype, name="conv2")(y)
+        y = make_conv(self.features, 3, 1, name="conv2")(y)
         y = batch_norm(train, dtype=self.dtype, name="bn3")(y)
         shortcut = avg_pool(x, self.stride, ceil_mode=True) if self.stride != 1 else x
         extra_channels = self.features - shortcut.shape[-1]
@@ -271,17 +291,19 @@ class PyramidNet(nn.Module):
     depth: int = 20
     alpha: float = 200.0
     dtype: Dtype = jnp.float32
+    init_scheme: str = "torchvision"
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
+        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
         if (self.depth - 2) % 6:
             raise ValueError(f"PyramidNet (basic blocks) depth must be 6n + 2; got {self.depth}.")
         blocks_per_stage = (self.depth - 2) // 6
         width_step = self.alpha / (3 * blocks_per_stage)
         x = ann_input(x).astype(self.dtype)
-        x = conv(16, 3, 1, dtype=self.dtype, name="stem")(x)
+        x = make_conv(16, 3, 1, name="stem")(x)
         x = batch_norm(train, dtype=self.dtype, name="stem_bn")(x)
         width = 16.0
         for stage, stride in enumerate((1, 2, 2)):
@@ -291,11 +313,12 @@ class PyramidNet(nn.Module):
                     round(width),
                     stride if block == 0 else 1,
                     self.dtype,
+                    self.init_scheme,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
         x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn_final")(x))
-        return classifier(x, self.num_classes, self.dtype)
+        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
 
 
 @register("pyramidnet20_ann")
@@ -316,6 +339,7 @@ def plain_stages(
     stages: Sequence[Sequence[int]],
     pool: str,
     dtype: Dtype,
+    init_scheme: str,
     train: bool,
 ) -> Array:
     """Plain conv stages shared by the VGG-style ANNs; call from ``module``'s compact method.
@@ -329,7 +353,15 @@ def plain_stages(
         raise ValueError(f"pool must be 'max' or 'avg'; got {pool!r}.")
     for stage, widths in enumerate(stages):
         for layer, width in enumerate(widths):
-            x = ConvBN(width, 3, 1, dtype, name=f"stage{stage + 1}_conv{layer + 1}")(x, train)
+            conv_bn = ConvBN(
+                width,
+                3,
+                1,
+                dtype,
+                init_scheme=init_scheme,
+                name=f"stage{stage + 1}_conv{layer + 1}",
+            )
+            x = conv_bn(x, train)
             x = nn.relu(x)
         x = max_pool(x, 2, 2) if pool == "max" else avg_pool(x, 2)
         module.sow(TAPS_COLLECTION, TAPS_NAME, x)
@@ -350,14 +382,15 @@ class VGG11(nn.Module):
     stages: Sequence[Sequence[int]] = ((64, 128), (256, 256), (512, 512), (512, 512))
     pool: str = "max"
     dtype: Dtype = jnp.float32
+    init_scheme: str = "kaiming_fan_out"
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         x = ann_input(x).astype(self.dtype)
-        x = plain_stages(self, x, self.stages, self.pool, self.dtype, train)
-        return classifier(x, self.num_classes, self.dtype)
+        x = plain_stages(self, x, self.stages, self.pool, self.dtype, self.init_scheme, train)
+        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
 
 
 @register("convnet_ann")
@@ -372,6 +405,7 @@ class ConvNet(nn.Module):
     num_classes: int
     widths: Sequence[int] = (32, 64, 128)
     dtype: Dtype = jnp.float32
+    init_scheme: str = "kaiming_fan_out"
 
     spiking: ClassVar[bool] = False
 
@@ -379,5 +413,5 @@ class ConvNet(nn.Module):
     def __call__(self, x: Array, train: bool = True) -> Array:
         x = ann_input(x).astype(self.dtype)
         stages = tuple((width,) for width in self.widths)
-        x = plain_stages(self, x, stages, "max", self.dtype, train)
-        return classifier(x, self.num_classes, self.dtype)
+        x = plain_stages(self, x, stages, "max", self.dtype, self.init_scheme, train)
+        return classifier(x, self.num_classes, self.dtype, self.init_scheme)

@@ -10,10 +10,23 @@ Layout conventions:
 The helpers here accept any number of leading batch dimensions and merge them
 for the duration of the call, so the same layer serves both layouts.
 
-Initialisation follows the PyTorch reference models: convolutions use Kaiming
-normal with fan-out (torchvision ResNet), dense layers PyTorch's ``nn.Linear``
-default (uniform with variance ``1 / (3 fan_in)``) and a zero bias. Parameters
-are always float32; ``dtype`` is only the compute dtype.
+Initialisation follows the PyTorch source each model reproduces, named by one of
+:data:`INIT_SCHEMES` (every model has an ``init_scheme`` attribute; batch norm always starts
+at scale 1, bias 0):
+
+- ``'pytorch'``: PyTorch's module defaults, ``kaiming_uniform_(a=sqrt(5))``, i.e.
+  conv and linear weights uniform in +-1/sqrt(fan_in) (variance 1/(3 fan_in)),
+  linear biases uniform in +-1/sqrt(fan_in). The release's spiking students and its
+  calibration module keep these.
+- ``'torchvision'``: convs Kaiming-normal fan-out (variance 2/fan_out), linear
+  layers PyTorch's defaults (weights and biases). torchvision's ResNets, the
+  release's ResNet-19 and PyramidNet teachers.
+- ``'kaiming_fan_out'``: convs Kaiming-normal fan-out, linear weights PyTorch's
+  default, linear biases zero. The release's WRN teacher; also this project's
+  scheme for every model before the release's was followed.
+
+Fan-in of a conv is ``k*k*C_in``, fan-out ``k*k*C_out``. Parameters are always
+float32; ``dtype`` is only the compute dtype.
 """
 
 from __future__ import annotations
@@ -30,8 +43,34 @@ from sastc_jax.neurons import LIFConfig, lif
 Array = jax.Array
 Dtype = Any
 
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+INIT_SCHEMES = ("pytorch", "torchvision", "kaiming_fan_out")
+
+# kaiming_uniform_(a=sqrt(5)): bound gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in).
+pytorch_weight_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# kaiming_normal_(mode='fan_out', nonlinearity='relu'): an untruncated normal.
+kaiming_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def check_init_scheme(init_scheme: str) -> None:
+    """Raise unless ``init_scheme`` names one of :data:`INIT_SCHEMES`."""
+    if init_scheme not in INIT_SCHEMES:
+        raise ValueError(f"Unknown init_scheme {init_scheme!r}; choose one of {INIT_SCHEMES}.")
+
+
+def conv_kernel_init(init_scheme: str) -> nn.initializers.Initializer:
+    """The conv kernel initialiser of a scheme (kernels are ``(k, k, C_in, C_out)``)."""
+    check_init_scheme(init_scheme)
+    return pytorch_weight_init if init_scheme == "pytorch" else kaiming_fan_out_init
+
+
+def pytorch_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """``nn.Linear``'s bias default: uniform in +-1/sqrt(fan_in)."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 # --------------------------------------------------------------------------- layout
@@ -128,12 +167,13 @@ def conv(
     stride: int = 1,
     *,
     dtype: Dtype = jnp.float32,
+    init_scheme: str = "torchvision",
     name: str | None = None,
 ) -> nn.Conv:
     """Bias-free square conv with PyTorch-style symmetric padding ``kernel_size // 2``.
 
     Explicit padding (not ``'SAME'``) keeps strided convs aligned with the
-    PyTorch reference on even inputs.
+    PyTorch reference on even inputs. ``init_scheme`` names the scheme (module docstring).
     """
     pad = kernel_size // 2
     return nn.Conv(
@@ -144,7 +184,7 @@ def conv(
         use_bias=False,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=conv_kernel_init,
+        kernel_init=conv_kernel_init(init_scheme),
         name=name,
     )
 
@@ -165,16 +205,44 @@ def batch_norm(train: bool, *, dtype: Dtype = jnp.float32, name: str | None = No
     )
 
 
-def dense(features: int, *, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
-    """Dense layer with bias, PyTorch ``nn.Linear`` kernel init, zero bias."""
-    return nn.Dense(
-        features,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=dense_kernel_init,
-        bias_init=nn.initializers.zeros,
-        name=name,
-    )
+class Dense(nn.Module):
+    """Dense layer with bias, ``(..., fan_in) -> (..., features)``, as ``nn.Linear``.
+
+    The same computation and parameters (``kernel (fan_in, features)``, ``bias``) as
+    ``flax.linen.Dense``; it exists because PyTorch's bias default depends on the
+    fan-in, which only the call knows. Weights follow PyTorch's default; the bias
+    too, or zero under ``init_scheme='kaiming_fan_out'``.
+    """
+
+    features: int
+    init_scheme: str = "pytorch"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        check_init_scheme(self.init_scheme)
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", pytorch_weight_init, (fan_in, self.features), jnp.float32)
+        bias_init = (
+            nn.initializers.zeros
+            if self.init_scheme == "kaiming_fan_out"
+            else pytorch_bias_init(fan_in)
+        )
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        return y + bias
+
+
+def dense(
+    features: int,
+    *,
+    dtype: Dtype = jnp.float32,
+    init_scheme: str = "pytorch",
+    name: str | None = None,
+) -> Dense:
+    """:class:`Dense` with float32 parameters and compute ``dtype``."""
+    return Dense(features, init_scheme=init_scheme, dtype=dtype, name=name)
 
 
 class ConvBN(nn.Module):
@@ -188,13 +256,19 @@ class ConvBN(nn.Module):
     kernel_size: int = 3
     stride: int = 1
     dtype: Dtype = jnp.float32
+    init_scheme: str = "torchvision"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         def conv_bn(images: Array) -> Array:
-            y = conv(self.features, self.kernel_size, self.stride, dtype=self.dtype, name="conv")(
-                images
-            )
+            y = conv(
+                self.features,
+                self.kernel_size,
+                self.stride,
+                dtype=self.dtype,
+                init_scheme=self.init_scheme,
+                name="conv",
+            )(images)
             return batch_norm(train, dtype=self.dtype, name="bn")(y)
 
         return apply_on_images(conv_bn, x)

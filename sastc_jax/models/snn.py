@@ -13,6 +13,12 @@ Common contract of every SNN here:
 - taps: each stage output, ``(T, B, H, W, C)`` in the compute dtype, sown into
   ``'intermediates'/'taps'`` from the top-level module in depth order.
 
+Initialisation: PyTorch's module defaults (``init_scheme='pytorch'``), as the release's
+spiking ResNet (``zero_init_residual=False``) keeps them: conv and dense weights
+uniform in +-1/sqrt(fan_in), dense biases uniform in +-1/sqrt(fan_in), BN scale 1
+and bias 0. ``init_scheme='kaiming_fan_out'`` gives Kaiming-normal fan-out convs and zero
+dense biases instead (see :mod:`sastc_jax.models.layers`).
+
 For a static input the encoder's conv + BN runs once on the B images and is
 broadcast over T before the LIF. That is exactly the result of convolving the
 T repeated copies (the batch-norm mean and variance of T identical copies are
@@ -21,6 +27,7 @@ those of one copy) at 1/T of the cost.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -62,7 +69,12 @@ def spiking_encoder(
 
 
 def spiking_head(
-    x: Array, hidden_features: int | None, num_classes: int, neuron: LIFConfig, dtype: Dtype
+    x: Array,
+    hidden_features: int | None,
+    num_classes: int,
+    neuron: LIFConfig,
+    dtype: Dtype,
+    init_scheme: str,
 ) -> Array:
     """Global average pool per time step, optional dense + LIF, dense to the classes.
 
@@ -71,9 +83,11 @@ def spiking_head(
     """
     x = global_avg_pool(x)
     if hidden_features is not None:
-        x = dense(hidden_features, dtype=dtype, name="fc_hidden")(x)
+        x = dense(hidden_features, dtype=dtype, init_scheme=init_scheme, name="fc_hidden")(x)
         x = LIF(neuron, name="fc_hidden_lif")(x)
-    return dense(num_classes, dtype=dtype, name="fc")(x).astype(jnp.float32)
+    return dense(num_classes, dtype=dtype, init_scheme=init_scheme, name="fc")(x).astype(
+        jnp.float32
+    )
 
 
 class SpikingBasicBlock(nn.Module):
@@ -87,15 +101,17 @@ class SpikingBasicBlock(nn.Module):
     stride: int = 1
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
+    init_scheme: str = "pytorch"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        y = ConvBN(self.features, 3, self.stride, self.dtype, name="conv_bn1")(x, train)
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
+        y = conv_bn(self.features, 3, self.stride, name="conv_bn1")(x, train)
         y = LIF(self.neuron, name="lif1")(y)
-        y = ConvBN(self.features, 3, 1, self.dtype, name="conv_bn2")(y, train)
+        y = conv_bn(self.features, 3, 1, name="conv_bn2")(y, train)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = ConvBN(self.features, 1, self.stride, self.dtype, name="shortcut")(x, train)
+            shortcut = conv_bn(self.features, 1, self.stride, name="shortcut")(x, train)
         return LIF(self.neuron, name="lif_out")(y + shortcut)
 
 
@@ -120,17 +136,19 @@ class SpikingResNet(nn.Module):
     hidden_features: int | None = 256
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
+    init_scheme: str = "pytorch"
 
     spiking: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
         if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
             raise ValueError("stage_sizes, widths and strides must have the same length.")
         if self.stem == "cifar":
-            stem = ConvBN(self.stem_width, 3, 1, self.dtype, name="stem")
+            stem = conv_bn(self.stem_width, 3, 1, name="stem")
         elif self.stem == "imagenet":
-            stem = ConvBN(self.stem_width, 7, 2, self.dtype, name="stem")
+            stem = conv_bn(self.stem_width, 7, 2, name="stem")
         else:
             raise ValueError(f"Unknown stem {self.stem!r}; choose 'cifar' or 'imagenet'.")
         x = spiking_encoder(
@@ -148,11 +166,14 @@ class SpikingResNet(nn.Module):
                     stride if block == 0 else 1,
                     self.neuron,
                     self.dtype,
+                    self.init_scheme,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
 
-        return spiking_head(x, self.hidden_features, self.num_classes, self.neuron, self.dtype)
+        return spiking_head(
+            x, self.hidden_features, self.num_classes, self.neuron, self.dtype, self.init_scheme
+        )
 
 
 @register("resnet19_snn")
@@ -201,6 +222,7 @@ def spiking_plain_stages(
     time_steps: int,
     neuron: LIFConfig,
     dtype: Dtype,
+    init_scheme: str,
     train: bool,
 ) -> Array:
     """Plain conv stages shared by the VGG-style SNNs; call from ``module``'s compact method.
@@ -214,7 +236,7 @@ def spiking_plain_stages(
     for stage, widths in enumerate(stages):
         for layer, width in enumerate(widths):
             name = f"stage{stage + 1}_conv{layer + 1}"
-            conv_bn = ConvBN(width, 3, 1, dtype, name=name)
+            conv_bn = ConvBN(width, 3, 1, dtype, init_scheme=init_scheme, name=name)
             neuron_layer = LIF(neuron, name=f"{name}_lif")
             if stage == 0 and layer == 0:
                 x = spiking_encoder(x, conv_bn, neuron_layer, time_steps, dtype, train)
@@ -250,15 +272,16 @@ class SpikingVGG11(nn.Module):
     stages: Sequence[Sequence[int]] = ((64, 128), (256, 256), (512, 512), (512, 512))
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
+    init_scheme: str = "pytorch"
 
     spiking: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         x = spiking_plain_stages(
-            self, x, self.stages, self.time_steps, self.neuron, self.dtype, train
+            self, x, self.stages, self.time_steps, self.neuron, self.dtype, self.init_scheme, train
         )
-        return spiking_head(x, None, self.num_classes, self.neuron, self.dtype)
+        return spiking_head(x, None, self.num_classes, self.neuron, self.dtype, self.init_scheme)
 
 
 @register("convnet_snn")
@@ -282,12 +305,17 @@ class SpikingConvNet(nn.Module):
     widths: Sequence[int] = (32, 64, 128)
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
+    init_scheme: str = "pytorch"
 
     spiking: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         stages = tuple((width,) for width in self.widths)
-        x = spiking_plain_stages(self, x, stages, self.time_steps, self.neuron, self.dtype, train)
+        x = spiking_plain_stages(
+            self, x, stages, self.time_steps, self.neuron, self.dtype, self.init_scheme, train
+        )
         x = x.reshape((*x.shape[:2], -1))  # (T, B, H*W*C)
-        return dense(self.num_classes, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
+        return dense(self.num_classes, dtype=self.dtype, init_scheme=self.init_scheme, name="fc")(
+            x
+        ).astype(jnp.float32)
