@@ -2,7 +2,7 @@
 
     python -m sastc_jax.compare --config=configs/fashion_mnist_compare.py --workdir=DIR
 
-One ConvNet ANN teacher (widths 16/32/64, four epochs) shared by every run; a spiking
+One ConvNet ANN teacher (widths 16/32/64, two epochs) shared by every run; a spiking
 ConvNet student of half its width (8/16/32, T=2, three taps each) trained with ce, kd,
 layerwise, spatial and sastc for seeds 0, 1, 2, each for 200 batches of 128 (25,600
 images, cosine schedule). The teacher is made clearly stronger than the student gets
@@ -25,7 +25,7 @@ def get_config():
     config.teacher.model = "convnet_ann"
     config.teacher.model_kwargs.widths = (16, 32, 64)
     config.teacher.optimizer = optimizer_config(
-        learning_rate=0.1, epochs=4, batch_size=128, schedule="cosine"
+        learning_rate=0.1, epochs=2, batch_size=128, schedule="cosine"
     )
     config.student.model = "convnet_snn"
     config.student.model_kwargs.widths = (8, 16, 32)
