@@ -38,7 +38,7 @@ import numpy as np
 
 from sastc_jax import checkpointing, losses, models, parallel, plots, train
 from sastc_jax import step as step_lib
-from sastc_jax.models.layers import LIF
+from sastc_jax.models.layers import LIF, Dense
 
 Array = jax.Array
 ANALYSIS = "analysis.json"
@@ -92,9 +92,9 @@ def trace_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[LayerInpu
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
-        if context.method_name == "__call__" and isinstance(module, nn.Conv | nn.Dense):
+        if context.method_name == "__call__" and isinstance(module, nn.Conv | nn.Dense | Dense):
             x = args[0]
-            name = "/".join(str(part) for part in module.scope.path)
+            name = "/".join(str(part) for part in module.scope.path) or module.name
             if isinstance(module, nn.Conv):
                 kernel_size = tuple(module.kernel_size)
                 strides = module.strides or 1
@@ -249,7 +249,8 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     calibrated = config.method in losses.CALIBRATED_METHODS
     teacher_vars = jax.device_get(stage.frozen) if stage.frozen else None
 
-    def student_pass(images, labels, mask):
+    # Variables are arguments, not constants: every seed of a method compiles one program.
+    def student_pass(variables, calibration_params, teacher_vars, images, labels, mask):
         def apply():
             return student.apply(
                 variables,
@@ -276,7 +277,7 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
                 teacher_vars, images, train=False, mutable=["intermediates"]
             )
             _, attention = parts.calibrator.apply(
-                {"params": state.params["calibration"]},
+                {"params": calibration_params},
                 models.get_taps(mutated),
                 models.get_taps(teacher_state),
             )
@@ -289,7 +290,16 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     totals, attention_sum, entropy_sum, attention_examples = None, 0.0, 0.0, 0
     for batch in test.epoch(0):
         mask = batch["mask"]
-        out = jax.device_get(student_pass(batch["image"], batch["label"], mask))
+        out = jax.device_get(
+            student_pass(
+                variables,
+                state.params.get("calibration"),
+                teacher_vars,
+                batch["image"],
+                batch["label"],
+                mask,
+            )
+        )
         attention = out.pop("attention", None)
         entropy = out.pop("entropy", None)
         totals = out if totals is None else jax.tree.map(np.add, totals, out)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sastc_jax import analyze
+from sastc_jax.models import layers
 
 
 def test_conv_fan_out_counts_reached_outputs_within_bounds():
@@ -115,3 +116,13 @@ def test_accuracy_by_time_steps_uses_the_cumulative_mean():
     np.testing.assert_array_equal(correct, [2, 1])
     masked = analyze.correct_per_time_steps(logits, jnp.array([0, 1]), jnp.array([True, False]))
     np.testing.assert_array_equal(masked, [1, 0])
+
+
+def test_the_project_dense_layer_is_counted():
+    layer = layers.dense(3, name="fc")
+    spikes = jnp.asarray([[[1.0, 0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0, 0.0]]])  # (T=2, B=1, 4)
+    variables = layer.init(jax.random.key(0), spikes)
+    _, records = analyze.trace_layer_inputs(lambda: layer.apply(variables, spikes))
+    first = analyze.LayerInput("first", jnp.zeros((1, 1)), jnp.ones((1,)))
+    kinds, ops = analyze.layer_operations([first, *records], np.array([True]), spiking=True)
+    assert kinds["fc"] == "SOP" and float(ops["fc"]) == 4 * 3  # four spikes, three outputs

@@ -89,6 +89,13 @@ def test_compare_trains_resumes_skips_and_tabulates(tmp_path, monkeypatch):
     compare.run(config, workdir)
     assert {p: p.stat().st_mtime_ns for p in written} == written
 
+    # Tabulating only (--notrain) covers the finished runs and trains nothing.
+    (workdir / "results.csv").unlink()
+    tabulated = compare.run(config, workdir, train_runs=False)
+    assert [r["method"] for r in tabulated] == ["ce", "sastc"]
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert (workdir / "results.csv").exists()
+
 
 def test_compare_settings_are_checked(tmp_path):
     config = tiny_config(tmp_path)
