@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -273,7 +272,7 @@ def plot_comparison(rows, methods, teacher_accuracy: float, output: Path) -> Pat
     return output
 
 
-def describe_setup(config, seconds: float) -> str:
+def describe_setup(config, training_seconds: float) -> str:
     student_steps = config.max_steps_per_epoch or "all"
     return (
         f"Dataset {config.dataset.name} (validation fraction "
@@ -282,20 +281,22 @@ def describe_setup(config, seconds: float) -> str:
         f"{config.teacher.optimizer.epochs} epoch(s); student {config.student.model} "
         f"{dict(config.student.model_kwargs)}, {config.student.optimizer.epochs} epoch(s) of "
         f"{student_steps} steps of batch {config.student.optimizer.batch_size}; beta = "
-        f"{config.loss.beta}. Total wall-clock of this invocation: {seconds / 60:.1f} min."
+        f"{config.loss.beta}. Training wall-clock, teacher and every run added up: "
+        f"{training_seconds / 60:.1f} min (evaluations included, analyses not)."
     )
 
 
-def write_results(config, workdir: Path, runs, teacher: dict[str, Any], seconds: float):
+def write_results(config, workdir: Path, runs, teacher: dict[str, Any]):
     methods, _ = comparison_settings(config)
     rows = result_rows(runs, config.time_steps)
     write_csv(rows, config.time_steps, workdir / "results.csv")
     table = method_table(rows, methods, teacher["final_accuracy"])
-    markdown = results_markdown(table, teacher, describe_setup(config, seconds))
+    training_seconds = teacher["seconds"] + sum(run["summary"]["seconds"] for run in runs)
+    markdown = results_markdown(table, teacher, describe_setup(config, training_seconds))
     headline = analyze.headline_markdown(
         {run_name(r["method"], r["seed"]): r["analysis"] for r in runs if r.get("analysis")}
     )
-    (workdir / "results.md").write_text(markdown + headline)
+    (workdir / "results.md").write_text(markdown + "\n" + headline)
     plot_comparison(rows, methods, teacher["final_accuracy"], workdir / "comparison.png")
     return rows, table
 
@@ -313,7 +314,6 @@ def run(
     ``train_runs=False`` trains nothing: the results cover the runs already finished.
     """
     methods, seeds = comparison_settings(config)
-    start = time.perf_counter()
     mesh = parallel.make_mesh()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -337,7 +337,7 @@ def run(
     if analyse:
         for entry in runs:
             entry["analysis"] = analyse_run(workdir, entry["method"], entry["seed"], mesh)
-    write_results(config, workdir, runs, teacher, time.perf_counter() - start)
+    write_results(config, workdir, runs, teacher)
     return runs
 
 
