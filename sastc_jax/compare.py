@@ -357,7 +357,12 @@ def main(argv: list[str]) -> None:
     except train.Preempted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         sys.exit(143)
-    except (ValueError, FileNotFoundError, checkpointing.CheckpointError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        checkpointing.CheckpointError,
+        train.NonFiniteLossError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 
