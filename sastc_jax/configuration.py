@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
             source="auto",
             image_size=0,  # DVS frame size, ImageNet crop size; 0 = the dataset's default
             augment=True,
+            # > 0: hold out this class-balanced share of the training split as the
+            # validation split that picks the "best" checkpoint; 0 = select on test.
+            validation_fraction=0.0,
         )
     )
     config.time_steps = 2
@@ -156,6 +159,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
         raise ValueError(
             f"config.student.model = {config.student.model!r} is an ANN; "
             "the student must be a spiking model (a *_snn model)."
+        )
+    if not 0.0 <= config.dataset.validation_fraction < 1.0:
+        raise ValueError(
+            f"config.dataset.validation_fraction = {config.dataset.validation_fraction}; "
+            "allowed: 0 (no validation split) or a share in (0, 1)."
         )
     if config.time_steps < 1:
         raise ValueError(f"config.time_steps = {config.time_steps}; an SNN needs T >= 1.")

@@ -93,7 +93,7 @@ def plot_attention(
         image = axis.imshow(mean[t], vmin=0.0, vmax=1.0, cmap="viridis")
         axis.set(title=f"t = {t + 1}", xticks=range(num_teacher), yticks=range(num_student))
         axis.set_xticklabels(teacher_names, rotation=45, ha="right", fontsize="small")
-        axis.set_yticklabels(student_names, fontsize="small")
+        axis.set_yticklabels(student_names if t == 0 else [], fontsize="small")
         for i in range(num_student):
             for j in range(num_teacher):
                 axis.text(

@@ -82,7 +82,8 @@ class Stage:
     name: str
     model: flax.linen.Module
     train_data: Any
-    eval_data: Any
+    eval_data: Any  # the test split: reported, never used to select
+    validation_data: Any  # selects the "best" checkpoint; None = the test split does
     optim: ml_collections.ConfigDict
     state: step_lib.TrainState
     frozen: Any
@@ -103,17 +104,27 @@ def dataset_settings(config: ml_collections.ConfigDict, global_batch: int, mesh)
         source=config.dataset.source,
         num_devices=jax.local_device_count(),
         image_size=config.dataset.image_size or None,
+        validation_fraction=config.dataset.validation_fraction,
     )
 
 
 def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
-    """Train and test datasets for this process's share of a global batch."""
+    """Train, validation and test datasets for this process's share of a global batch.
+
+    The validation split is ``None`` unless ``config.dataset.validation_fraction > 0``;
+    then it is held out of the training split (:mod:`sastc_jax.data.validation`).
+    """
     common = dataset_settings(config, global_batch, mesh)
     train_data = data.get_dataset(
         config.dataset.name, "train", train=True, augment=config.dataset.augment, **common
     )
+    validation_data = (
+        data.get_dataset(config.dataset.name, "validation", train=False, **common)
+        if config.dataset.validation_fraction
+        else None
+    )
     eval_data = data.get_dataset(config.dataset.name, "test", train=False, **common)
-    return train_data, eval_data
+    return train_data, validation_data, eval_data
 
 
 def model_from_config(section: ml_collections.ConfigDict, role: str, **settings):
@@ -173,7 +184,7 @@ def new_state(params, batch_stats, tx, mesh) -> step_lib.TrainState:
 
 def teacher_stage(config, mesh) -> Stage:
     optim = config.teacher.optimizer
-    train_data, eval_data = load_datasets(config, optim.batch_size, mesh)
+    train_data, validation_data, eval_data = load_datasets(config, optim.batch_size, mesh)
     model = build_teacher(config, train_data.num_classes)
     sample = np.zeros((mesh.size, *train_data.input_shape), np.float32)
     variables = init_variables(model, jax.random.key(config.seed), sample, mesh)
@@ -183,6 +194,7 @@ def teacher_stage(config, mesh) -> Stage:
         model=model,
         train_data=train_data,
         eval_data=eval_data,
+        validation_data=validation_data,
         optim=optim,
         state=new_state(variables["params"], variables["batch_stats"], tx, mesh),
         frozen={},
@@ -259,19 +271,20 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
 
 
 def distillation_inputs(config, mesh):
-    """``(train_data, eval_data, sample, parts)`` of the distillation stage: its datasets,
-    a zero per-device input batch and the :class:`Distillation` built for it."""
+    """``(train_data, validation_data, eval_data, sample, parts)`` of the distillation
+    stage: its datasets, a zero per-device input batch and the :class:`Distillation` built
+    for it."""
     optim = config.student.optimizer
-    train_data, eval_data = load_datasets(config, optim.batch_size, mesh)
+    train_data, validation_data, eval_data = load_datasets(config, optim.batch_size, mesh)
     local_batch = parallel.local_batch_size(optim.batch_size, mesh)
     sample = np.zeros((local_batch, *train_data.input_shape), np.float32)
     parts = build_distillation(config, train_data.num_classes, sample)
-    return train_data, eval_data, sample, parts
+    return train_data, validation_data, eval_data, sample, parts
 
 
 def distill_stage(config, mesh, workdir: Path) -> Stage:
     optim = config.student.optimizer
-    train_data, eval_data, sample, parts = distillation_inputs(config, mesh)
+    train_data, validation_data, eval_data, sample, parts = distillation_inputs(config, mesh)
     num_classes = train_data.num_classes
     rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
     variables = init_variables(parts.student, rng_student, sample, mesh)
@@ -291,6 +304,7 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
         model=parts.student,
         train_data=train_data,
         eval_data=eval_data,
+        validation_data=validation_data,
         optim=optim,
         state=new_state(params, variables["batch_stats"], tx, mesh),
         frozen=frozen,
@@ -481,7 +495,7 @@ def run_stage(
             logger.info(f"[{stage.name}] resumed from step {resumed.step} in {resumed.path}")
         step = int(jax.device_get(state.step))
         best = ckpts.best()
-        best_accuracy = best[1].get("accuracy") if best else None
+        best_metrics = best[1] if best else None
 
         def save(state, eval_metrics=None) -> None:
             # A step already under latest/ (periodic save, then the epoch's evaluation)
@@ -518,21 +532,15 @@ def run_stage(
             images += log.end_epoch(ckpts.verified_step())
             if (step // steps) % config.eval_every_epochs == 0 or step == total_steps:
                 state = synced(state, mesh)
-                last_eval = evaluate(
-                    stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh
+                last_eval, checkpoint_metrics = evaluate_for_selection(
+                    stage, eval_variables(state, mesh), mesh, logger, step, step // steps
                 )
-                logger.write(
-                    {
-                        "stage": stage.name,
-                        "split": "test",
-                        "step": step,
-                        "epoch": step // steps,
-                        **last_eval,
-                    }
-                )
-                if best_accuracy is None or last_eval["accuracy"] > best_accuracy:
-                    best_accuracy = last_eval["accuracy"]
-                save(state, {"accuracy": last_eval["accuracy"]})
+                if (
+                    best_metrics is None
+                    or checkpoint_metrics["accuracy"] > best_metrics["accuracy"]
+                ):
+                    best_metrics = checkpoint_metrics
+                save(state, checkpoint_metrics)
         if last_eval is None:  # resumed after the last step: evaluate what was saved
             state = synced(state, mesh)
             last_eval = evaluate(
@@ -544,14 +552,56 @@ def run_stage(
         "model": stage.record["model"],
         "step": step,
         "final_accuracy": last_eval["accuracy"],
-        "best_accuracy": max(best_accuracy or 0.0, last_eval["accuracy"]),
+        "best_accuracy": best_test_accuracy(best_metrics, last_eval),
         "accuracy_per_t": last_eval["accuracy_per_t"],
         "seconds": elapsed,
         "images_per_second": images / elapsed if elapsed else 0.0,
     }
+    if stage.validation_data is not None and best_metrics is not None:
+        summary["best_validation_accuracy"] = best_metrics["accuracy"]
     stage.state = state
     logger.write({"split": "summary", **summary})
     return summary
+
+
+def evaluate_for_selection(
+    stage: Stage, variables, mesh, logger: metrics.MetricsLogger, step: int, epoch: int
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Evaluate on the test split (logged) and, when there is one, the validation split.
+
+    Returns the test evaluation and the checkpoint metrics: ``{'accuracy': the selection
+    accuracy}``, which is the validation accuracy (with ``'test_accuracy'`` beside it)
+    when a validation split exists and the test accuracy otherwise.
+    """
+    splits = [("test", stage.eval_data)]
+    if stage.validation_data is not None:
+        splits.append(("validation", stage.validation_data))
+    results = {}
+    for split, dataset in splits:
+        results[split] = evaluate(stage.eval_step, variables, dataset, mesh)
+        logger.write(
+            {"stage": stage.name, "split": split, "step": step, "epoch": epoch, **results[split]}
+        )
+    test = results["test"]
+    if "validation" in results:
+        return test, {
+            "accuracy": results["validation"]["accuracy"],
+            "test_accuracy": test["accuracy"],
+        }
+    return test, {"accuracy": test["accuracy"]}
+
+
+def best_test_accuracy(best_metrics: dict | None, last_eval: dict[str, Any]) -> float:
+    """Test accuracy of the selected ("best") checkpoint.
+
+    Selected on validation, it is the test accuracy recorded with that checkpoint;
+    selected on test (no validation split), the best test accuracy seen.
+    """
+    if best_metrics is None:
+        return last_eval["accuracy"]
+    if "test_accuracy" in best_metrics:
+        return float(best_metrics["test_accuracy"])
+    return max(float(best_metrics["accuracy"]), last_eval["accuracy"])
 
 
 def eval_variables(state: step_lib.TrainState, mesh) -> dict:
@@ -627,7 +677,7 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
             "checkpoint": str(teacher_checkpoint_dir(config, workdir)),
         }
     else:
-        train_data, eval_data, sample, parts = distillation_inputs(config, mesh)
+        train_data, _, eval_data, sample, parts = distillation_inputs(config, mesh)
         eval_step = step_lib.make_eval_step(parts.student, mesh)
         with checkpointing.Checkpoints(
             workdir / "student", max_to_keep=config.keep_checkpoints

@@ -28,7 +28,7 @@ NUM_CLASSES = {
     "cifar10_dvs": 10,
 }
 DATASET_NAMES = tuple(NUM_CLASSES)
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 # The readers of each dataset ('auto' picks one, see resolve_source).
 SOURCES = {
     "cifar10": ("auto", "tfds", "cifar_python"),
@@ -101,12 +101,16 @@ def get_dataset(
     flip: bool | None = None,
     num_threads: int | None = None,
     prefetch: int | None = None,
+    validation_fraction: float = 0.0,
 ) -> Dataset:
     """One split of a dataset, sharded for this host, ready to iterate epoch by epoch.
 
     Args:
       name: one of DATASET_NAMES.
-      split: 'train' or 'test' ('test' is ImageNet's validation split).
+      split: 'train', 'validation' or 'test' ('test' is ImageNet's validation split).
+        With ``validation_fraction > 0``, 'validation' is a fixed class-balanced share
+        of the training split and 'train' the rest (:mod:`sastc_jax.data.validation`);
+        'validation' needs ``validation_fraction > 0``.
       batch_size: per-host batch (global batch / process_count); must divide by num_devices.
       time_steps: T, the number of event frames of DVS datasets (>= 1); ignored otherwise
         (static images are repeated over T by the model).
@@ -132,6 +136,7 @@ def get_dataset(
       flip: DVS horizontal flip (default on for cifar10_dvs, off for dvs_gesture).
       num_threads: grain threads preparing batches ahead (default min(8, cpus)).
       prefetch: batches prepared ahead (default num_threads).
+      validation_fraction: share of the training split held out as 'validation' (0 = none).
 
     Raises:
       ValueError for bad arguments, DatasetNotFoundError (a FileNotFoundError) for data
@@ -141,7 +146,11 @@ def get_dataset(
     if name not in NUM_CLASSES:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r} for {name}; choose 'train' or 'test'.")
+        raise ValueError(f"Unknown split {split!r} for {name}; choose one of {', '.join(SPLITS)}.")
+    if split == "validation" and not validation_fraction:
+        raise ValueError(
+            "The 'validation' split is carved from 'train' and needs validation_fraction > 0."
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if process_index is None or process_count is None or num_devices is None:
@@ -164,12 +173,13 @@ def get_dataset(
     if threads < 0:
         raise ValueError(f"num_threads must be >= 0, got {threads}.")
 
+    source_split = "train" if split == "validation" else split
     source = resolve_source(name, data_dir, source)
     num_classes = NUM_CLASSES[name]
     if name in ("cifar10", "cifar100"):
         from sastc_jax.data.static import cifar_loader
 
-        loader = cifar_loader(name, split, data_dir, source)
+        loader = cifar_loader(name, source_split, data_dir, source)
     elif name == "imagenet2012" and source == "folder":
         from sastc_jax.data.image_folder import image_folder_loader
 
@@ -178,22 +188,22 @@ def get_dataset(
                 "ImageNet from an image folder needs data_dir: the folder holding train/ "
                 "and val/ with one sub-folder per class."
             )
-        loader = image_folder_loader(data_dir, split, image_size)
+        loader = image_folder_loader(data_dir, source_split, image_size)
         num_classes = len(loader.classes)
     elif name == "imagenet2012":
         from sastc_jax.data.static import imagenet_loader
 
-        loader = imagenet_loader(split, data_dir, image_size)
+        loader = imagenet_loader(source_split, data_dir, image_size)
     elif name == "fashion_mnist":
         from sastc_jax.data.static import fashion_mnist_loader
 
-        loader = fashion_mnist_loader(split, data_dir, source)
+        loader = fashion_mnist_loader(source_split, data_dir, source)
     else:
         from sastc_jax.data.dvs import dvs_loader
 
         loader = dvs_loader(
             name,
-            split,
+            source_split,
             data_dir,
             time_steps,
             image_size,
@@ -202,6 +212,10 @@ def get_dataset(
             flip,
             num_threads=max(1, threads),
         )
+    if validation_fraction and split != "test":
+        from sastc_jax.data.validation import split_off_validation
+
+        loader = split_off_validation(loader, validation_fraction, split)
     return Dataset(
         loader,
         name=name,

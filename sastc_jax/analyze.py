@@ -1,0 +1,452 @@
+"""Analysis of a trained student: ``python -m sastc_jax.analyze --workdir=RUN_DIR``.
+
+Over the test split, for the student saved in ``RUN_DIR`` (a run of ``sastc_jax.main``
+with ``config.json``, or one run of :mod:`sastc_jax.compare`), writes ``analysis.json``,
+``analysis.md`` and, for the calibrated methods, ``attention.png``:
+
+- firing rates (SPEC §7): spikes / (neurons x T) of every LIF layer and of the network;
+- operations per image (SPEC §7): every conv and dense layer of the student counts
+  synaptic operations, the sum over its input spikes of the fan-out each reaches
+  (``C_out x k x k / stride^2`` for a conv, fewer at the borders; ``features`` for a
+  dense layer); the first layer, fed real values, counts MACs. An average-pooled spike
+  map (values ``n / window``) counts as the ``n`` spikes it averages. The ANN teacher
+  counts MACs. Energy: 4.6 pJ per MAC, 0.9 pJ per SOP (45 nm, Horowitz 2014);
+- the SASTC attention: the mean weight per (time step, student tap, teacher tap) as a
+  heat map and its mean entropy per student tap (over full calibration batches only,
+  since the attention of a sample depends on the rest of its batch);
+- the test accuracy with 1..T time steps.
+
+The encoder convolution of a static image runs once per image (the same input at every
+time step, see :mod:`sastc_jax.models.snn`), so its MACs are counted once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sastc_jax import checkpointing, losses, models, parallel, plots, train
+from sastc_jax import step as step_lib
+from sastc_jax.models.layers import LIF, Dense
+
+Array = jax.Array
+ANALYSIS = "analysis.json"
+PJ_PER_MAC = 4.6
+PJ_PER_SOP = 0.9
+
+
+# --------------------------------------------------------------------------- counting
+
+
+@dataclasses.dataclass
+class LayerInput:
+    """The input of one conv or dense call and the fan-out of each of its elements."""
+
+    name: str
+    inputs: Array  # (L, ...) as the layer received it; L = (T *) B
+    fan_out: Array  # (...): outputs each input element of one example reaches
+
+
+def conv_fan_out(input_shape: Sequence[int], kernel_size, strides, padding, features: int) -> Array:
+    """Outputs reached by each element of an ``(H, W, C)`` input of a conv, within bounds.
+
+    The gradient of the sum of a ones-kernel convolution with respect to its input
+    counts, per input element, the output positions whose window covers it; times the
+    output channels.
+    """
+    kernel = jnp.ones((*kernel_size, input_shape[-1], 1), jnp.float32)
+
+    def total(x):
+        out = jax.lax.conv_general_dilated(
+            x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jnp.sum(out)
+
+    ones = jnp.ones((1, *input_shape), jnp.float32)
+    return jax.grad(total)(ones)[0] * features
+
+
+def _conv_padding(module: nn.Conv, kernel_size) -> Sequence[tuple[int, int]]:
+    if isinstance(module.padding, str):
+        raise ValueError(
+            f"Conv {module.name!r} uses string padding {module.padding!r}; the operation "
+            "count needs explicit padding as the project's layers use."
+        )
+    return [tuple(pad) for pad in module.padding][: len(kernel_size)]
+
+
+def trace_layer_inputs(apply_fn: Callable[[], Any]) -> tuple[Any, list[LayerInput]]:
+    """Run ``apply_fn()`` and record the input of every ``nn.Conv`` / ``nn.Dense`` call."""
+    records: list[LayerInput] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, nn.Conv | nn.Dense | Dense):
+            x = args[0]
+            name = "/".join(str(part) for part in module.scope.path) or module.name
+            if isinstance(module, nn.Conv):
+                kernel_size = tuple(module.kernel_size)
+                strides = module.strides or 1
+                strides = (strides,) * len(kernel_size) if isinstance(strides, int) else strides
+                fan_out = conv_fan_out(
+                    x.shape[-3:],
+                    kernel_size,
+                    tuple(strides),
+                    _conv_padding(module, kernel_size),
+                    module.features,
+                )
+            else:
+                fan_out = jnp.full(x.shape[-1:], float(module.features), jnp.float32)
+            records.append(LayerInput(name, x, fan_out))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        output = apply_fn()
+    return output, records
+
+
+def example_weights(leading: int, mask: Array) -> Array:
+    """Per leading-axis row of a ``(T*B)``- or ``B``-merged array, its example's mask."""
+    batch = mask.shape[0]
+    return jnp.tile(mask.astype(jnp.float32), leading // batch)
+
+
+def spike_counts(x: Array) -> Array:
+    """Spikes an input stands for: binary spikes count 1, an average of spikes ``n / w``
+    counts ``n`` (``w`` read as one over the smallest positive value)."""
+    x = x.astype(jnp.float32)
+    quantum = jnp.min(jnp.where(x > 0, x, jnp.inf))
+    quantum = jnp.where(jnp.isfinite(quantum), quantum, 1.0)
+    return jnp.round(x / quantum)
+
+
+def layer_operations(
+    records: Sequence[LayerInput], mask: Array, *, spiking: bool
+) -> tuple[dict[str, str], dict[str, Array]]:
+    """Per layer: what it counts (``'MAC'`` or ``'SOP'``) and how many, over unmasked examples.
+
+    The first layer of a spiking network and every layer of an ANN count MACs (every
+    input element times its fan-out); later spiking layers count SOPs (the spikes of
+    their input times the fan-out).
+    """
+    kinds, ops = {}, {}
+    for index, record in enumerate(records):
+        x = record.inputs.reshape((-1, *record.fan_out.shape))
+        weights = example_weights(x.shape[0], mask)
+        counts_sops = spiking and index > 0
+        values = spike_counts(x) if counts_sops else jnp.ones_like(x, jnp.float32)
+        per_row = jnp.sum(values * record.fan_out, axis=tuple(range(1, x.ndim)))
+        kinds[record.name] = "SOP" if counts_sops else "MAC"
+        ops[record.name] = jnp.sum(per_row * weights)
+    return kinds, ops
+
+
+def firing_counts(lif_outputs: dict[str, Array], mask: Array) -> dict[str, dict[str, Array]]:
+    """Per LIF layer ``(T, B, ...)`` spikes: spike total and neuron-steps over unmasked examples."""
+    weights = mask.astype(jnp.float32)
+    result = {}
+    for name, spikes in lif_outputs.items():
+        steps, _ = spikes.shape[:2]
+        neurons = math.prod(spikes.shape[2:])
+        per_example = jnp.sum(spikes.astype(jnp.float32), axis=tuple(range(2, spikes.ndim)))
+        result[name] = {
+            "spikes": jnp.sum(per_example.sum(axis=0) * weights),
+            "neuron_steps": jnp.sum(weights) * neurons * steps,
+        }
+    return result
+
+
+def correct_per_time_steps(logits: Array, labels: Array, mask: Array) -> Array:
+    """``(T,)`` correct predictions of the mean logits over the first t+1 time steps."""
+    steps = jnp.arange(1, logits.shape[0] + 1, dtype=jnp.float32)[:, None, None]
+    cumulative = jnp.cumsum(logits.astype(jnp.float32), axis=0) / steps
+    hits = jnp.argmax(cumulative, axis=-1) == labels
+    return jnp.sum(hits * mask.astype(jnp.float32), axis=1)
+
+
+def energy_table(student_macs: float, student_sops: float, teacher_macs: float) -> dict:
+    """Energy per image (pJ) of the student (MACs at 4.6 pJ, SOPs at 0.9 pJ) and teacher."""
+    student = student_macs * PJ_PER_MAC + student_sops * PJ_PER_SOP
+    teacher = teacher_macs * PJ_PER_MAC
+    return {
+        "student_macs": student_macs,
+        "student_sops": student_sops,
+        "teacher_macs": teacher_macs,
+        "student_energy_pj": student,
+        "teacher_energy_pj": teacher,
+        "energy_ratio": student / teacher if teacher else float("nan"),
+    }
+
+
+def attention_entropy(attention: Array) -> Array:
+    """Entropy (nats) over the teacher axis of attention ``(..., K)``."""
+    return -jnp.sum(attention * jnp.log(jnp.clip(attention, 1e-12, 1.0)), axis=-1)
+
+
+def _flatten_lif(tree: dict, prefix: tuple = ()) -> dict[str, Array]:
+    """LIF outputs captured by ``capture_intermediates``: ``{path: (T, B, ...)}``."""
+    found = {}
+    for key, value in tree.items():
+        if key == "__call__":
+            found["/".join(prefix)] = value[0]
+        elif isinstance(value, dict):
+            found.update(_flatten_lif(value, (*prefix, key)))
+    return found
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def load_config(run_dir: Path) -> ml_collections.ConfigDict:
+    """The config a run was trained with (``config.json``), lists back as tuples."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: --workdir must be a trained run's directory.")
+
+    def tuples(value):
+        if isinstance(value, dict):
+            return {k: tuples(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return tuple(tuples(v) for v in value)
+        return value
+
+    return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
+
+
+def restore_student(config, run_dir: Path, mesh) -> tuple[train.Stage, step_lib.TrainState]:
+    """The run's distillation stage and its last saved state (portable form)."""
+    stage = train.distill_stage(config, mesh, run_dir)
+    with checkpointing.Checkpoints(run_dir / "student") as ckpts:
+        if ckpts.latest_step() is None:
+            raise FileNotFoundError(f"No student checkpoint under {run_dir / 'student'}.")
+        state, _ = ckpts.restore(train.portable(stage.state, mesh))
+    return stage, state
+
+
+def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
+    """Analyse the student of ``run_dir`` over the test split; writes and returns the result."""
+    run_dir = Path(run_dir)
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    config = load_config(run_dir)
+    stage, state = restore_student(config, run_dir, mesh)
+    student = stage.model
+    variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+    test = stage.eval_data
+    sample = np.zeros((test.batch_size, *test.input_shape), np.float32)
+    parts = train.build_distillation(config, test.num_classes, sample)
+    teacher = parts.teacher or train.build_teacher(config, test.num_classes)
+    calibrated = config.method in losses.CALIBRATED_METHODS
+    teacher_vars = jax.device_get(stage.frozen) if stage.frozen else None
+
+    # Variables are arguments, not constants: every seed of a method compiles one program.
+    def student_pass(variables, calibration_params, teacher_vars, images, labels, mask):
+        def apply():
+            return student.apply(
+                variables,
+                images,
+                train=False,
+                mutable=["intermediates"],
+                capture_intermediates=lambda module, method: (
+                    isinstance(module, LIF) and method == "__call__"
+                ),
+            )
+
+        (logits, mutated), records = trace_layer_inputs(apply)
+        intermediates = mutated["intermediates"]
+        lif = _flatten_lif({k: v for k, v in intermediates.items() if k != "taps"})
+        kinds, ops = layer_operations(records, mask, spiking=True)
+        layer_kinds.update(kinds)
+        out = {
+            "operations": ops,
+            "firing": firing_counts(lif, mask),
+            "correct_per_t": correct_per_time_steps(logits, labels, mask),
+        }
+        if calibrated:
+            _, teacher_state = teacher.apply(
+                teacher_vars, images, train=False, mutable=["intermediates"]
+            )
+            _, attention = parts.calibrator.apply(
+                {"params": calibration_params},
+                models.get_taps(mutated),
+                models.get_taps(teacher_state),
+            )
+            out["attention"] = jnp.sum(attention, axis=1)  # (T', S, K)
+            out["entropy"] = jnp.sum(attention_entropy(attention), axis=1)  # (T', S)
+        return out
+
+    layer_kinds: dict[str, str] = {}  # filled while tracing
+    student_pass = jax.jit(student_pass)
+    totals, attention_sum, entropy_sum, attention_examples = None, 0.0, 0.0, 0
+    for batch in test.epoch(0):
+        mask = batch["mask"]
+        out = jax.device_get(
+            student_pass(
+                variables,
+                state.params.get("calibration"),
+                teacher_vars,
+                batch["image"],
+                batch["label"],
+                mask,
+            )
+        )
+        attention = out.pop("attention", None)
+        entropy = out.pop("entropy", None)
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+        if attention is not None and mask.all():
+            attention_sum = attention_sum + attention
+            entropy_sum = entropy_sum + entropy
+            attention_examples += mask.size
+    examples = test.num_examples
+
+    # The teacher's MACs depend only on shapes: one zero image, no trained weights needed.
+    one = np.zeros((1, *test.input_shape), np.float32)
+    teacher_init = teacher_vars or teacher.init(jax.random.key(0), one, train=False)
+    _, teacher_records = trace_layer_inputs(lambda: teacher.apply(teacher_init, one, train=False))
+    _, teacher_ops = layer_operations(teacher_records, np.ones(1, bool), spiking=False)
+
+    layers = [
+        {"name": name, "kind": layer_kinds[name], "ops_per_image": float(ops) / examples}
+        for name, ops in ((name, totals["operations"][name]) for name in layer_kinds)
+    ]
+    student_macs = sum(layer["ops_per_image"] for layer in layers if layer["kind"] == "MAC")
+    student_sops = sum(layer["ops_per_image"] for layer in layers if layer["kind"] == "SOP")
+    teacher_macs = sum(float(ops) for ops in teacher_ops.values())
+    firing = {
+        name: float(entry["spikes"]) / float(entry["neuron_steps"])
+        for name, entry in totals["firing"].items()
+    }
+    all_spikes = sum(float(entry["spikes"]) for entry in totals["firing"].values())
+    all_steps = sum(float(entry["neuron_steps"]) for entry in totals["firing"].values())
+    result = {
+        "run": str(run_dir),
+        "method": config.method,
+        "examples": examples,
+        "accuracy_per_t": (totals["correct_per_t"] / examples).tolist(),
+        "firing_rate": {"layers": firing, "network": all_spikes / all_steps},
+        "operations": {
+            "layers": layers,
+            "teacher_layers": {name: float(ops) for name, ops in teacher_ops.items()},
+            **energy_table(student_macs, student_sops, teacher_macs),
+        },
+        "attention": None,
+    }
+    if attention_examples:
+        mean = np.asarray(attention_sum) / attention_examples  # (T', S, K)
+        entropy = np.asarray(entropy_sum) / attention_examples  # (T', S)
+        num_teacher = mean.shape[-1]
+        png = plots.plot_attention(
+            mean[:, None],
+            run_dir / "attention.png",
+            [f"student tap {i + 1}" for i in range(mean.shape[1])],
+            [f"teacher tap {j + 1}" for j in range(num_teacher)],
+        )
+        result["attention"] = {
+            "examples": attention_examples,
+            "mean": mean.tolist(),
+            "entropy_per_student_tap": entropy.mean(axis=0).tolist(),
+            "max_entropy": math.log(num_teacher),
+            "png": png.name,
+        }
+    (run_dir / ANALYSIS).write_text(json.dumps(result, indent=2))
+    (run_dir / "analysis.md").write_text(analysis_markdown(result))
+    return result
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def analysis_markdown(result: dict[str, Any]) -> str:
+    ops = result["operations"]
+    lines = [
+        f"# Analysis of {result['run']} ({result['method']})",
+        "",
+        f"Test split, {result['examples']} images.",
+        "",
+        "| layer | firing rate |",
+        "| --- | --- |",
+        *(f"| {name} | {rate:.4f} |" for name, rate in result["firing_rate"]["layers"].items()),
+        f"| **network** | **{result['firing_rate']['network']:.4f}** |",
+        "",
+        "| layer | counted as | operations / image |",
+        "| --- | --- | --- |",
+        *(
+            f"| {layer['name']} | {layer['kind']} | {layer['ops_per_image']:.4g} |"
+            for layer in ops["layers"]
+        ),
+        "",
+        "| network | MACs / image | SOPs / image | energy / image (nJ) |",
+        "| --- | --- | --- | --- |",
+        f"| student (SNN) | {ops['student_macs']:.4g} | {ops['student_sops']:.4g} "
+        f"| {ops['student_energy_pj'] / 1e3:.4g} |",
+        f"| teacher (ANN) | {ops['teacher_macs']:.4g} | 0 | {ops['teacher_energy_pj'] / 1e3:.4g} |",
+        "",
+        f"Energy ratio student / teacher: {ops['energy_ratio']:.4f} "
+        f"({PJ_PER_MAC} pJ per MAC, {PJ_PER_SOP} pJ per SOP).",
+        "",
+        "Test accuracy by time steps used: "
+        + ", ".join(
+            f"T={t}: {100 * a:.2f}%" for t, a in enumerate(result["accuracy_per_t"], start=1)
+        ),
+        "",
+    ]
+    attention = result["attention"]
+    if attention:
+        lines += [
+            f"Attention entropy per student tap (nats, max {attention['max_entropy']:.3f}): "
+            + ", ".join(f"{e:.3f}" for e in attention["entropy_per_student_tap"]),
+            "",
+            f"![attention]({attention['png']})",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def headline_markdown(analyses: dict[str, dict[str, Any]]) -> str:
+    """Per run: network firing rate, SOPs, energy ratio, attention entropy, accuracy by T."""
+    if not analyses:
+        return ""
+    lines = [
+        "## Analysis of every student (test split)",
+        "",
+        "| run | firing rate | MACs / image | SOPs / image | energy vs teacher "
+        "| attention entropy per student tap (nats) | test acc. by T (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, result in analyses.items():
+        ops, attention = result["operations"], result["attention"]
+        entropy = (
+            ", ".join(f"{e:.3f}" for e in attention["entropy_per_student_tap"])
+            if attention
+            else "n/a"
+        )
+        by_t = ", ".join(f"{100 * a:.2f}" for a in result["accuracy_per_t"])
+        lines.append(
+            f"| {name} | {result['firing_rate']['network']:.4f} | {ops['student_macs']:.4g} "
+            f"| {ops['student_sops']:.4g} | {ops['energy_ratio']:.4f} | {entropy} | {by_t} |"
+        )
+    teacher_macs = next(iter(analyses.values()))["operations"]["teacher_macs"]
+    lines += ["", f"Teacher MACs / image: {teacher_macs:.4g}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Analyse a trained sastc-jax student.")
+    parser.add_argument("--workdir", required=True, help="the run's directory (config.json)")
+    args = parser.parse_args(argv)
+    result = analyze_run(args.workdir)
+    print(analysis_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
