@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.stage = "all"  # 'teacher' | 'distill' | 'all'
     config.dtype = "float32"  # compute dtype; 'bfloat16' for GPU/TPU runs
+    # Rematerialise the student's LIF scans in the backward pass (less memory, same numbers).
+    config.remat = False
 
     config.dataset = ml_collections.ConfigDict(
         dict(
