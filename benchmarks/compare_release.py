@@ -7,7 +7,7 @@ in its own process, one after the other, and writes ``comparison.json`` and
     python benchmarks/compare_release.py --release-dir .release/CIFAR10 --out-dir /tmp/cmp
 
 ``--sizes`` lists ``method:T`` pairs (default: KD T=2, SASTC T=2, SASTC T=4); ``--remat``
-adds a row of ours with ``config.remat`` for every SASTC size; ``--loop METHOD:T`` also
+adds a row of ours with ``config.remat`` for SASTC at the largest T; ``--loop METHOD:T`` also
 times the real training loop at that size. With ``--bigmem-lock PATH`` the runs at T >= 4
 hold an exclusive ``flock`` on PATH (a shared machine's lock for large-memory jobs).
 """
@@ -59,9 +59,10 @@ def markdown(rows: list[dict], machine: str) -> str:
     lines = [
         f"Machine: {machine}",
         "",
-        "| step (B, fp32) | release: s/step | release: img/s | release: peak RSS "
-        "| sastc-jax: s/step | sastc-jax: img/s | sastc-jax: peak RSS | speed-up | memory ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| step (fp32) | release: s/step | release: img/s | release: CPU s/step "
+        "| release: peak RSS | sastc-jax: s/step | sastc-jax: img/s | sastc-jax: CPU s/step "
+        "| sastc-jax: peak RSS | speed-up (img/s) | CPU-time ratio | memory ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ours, release = row["ours"], row.get("release")
@@ -73,22 +74,25 @@ def markdown(rows: list[dict], machine: str) -> str:
             cells += [
                 f"{release['step_seconds']:.1f}",
                 f"{release['images_per_second']:.2f}",
+                f"{release['cpu_seconds_per_step']:.1f}",
                 gib(release["peak_rss_bytes"]),
             ]
         else:
-            cells += ["-", "-", "-"]
+            cells += ["-"] * 4
         cells += [
             f"{ours['step_seconds']:.1f}",
             f"{ours['images_per_second']:.2f}",
+            f"{ours['cpu_seconds_per_step']:.1f}",
             gib(ours.get("peak_rss_bytes")),
         ]
         if release:
             cells += [
                 f"{ours['images_per_second'] / release['images_per_second']:.2f}x",
+                f"{ours['cpu_seconds_per_step'] / release['cpu_seconds_per_step']:.2f}x",
                 f"{ours['peak_rss_bytes'] / release['peak_rss_bytes']:.2f}x",
             ]
         else:
-            cells += ["-", "-"]
+            cells += ["-"] * 3
         lines.append("| " + " | ".join(cells) + " |")
     by_size = {(r["method"], r["ours"]["time_steps"], r["ours"].get("remat")): r for r in rows}
     for steps in sorted({r["ours"]["time_steps"] for r in rows}):
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             release_args = ["--release-dir", str(args.release_dir), *size]
             release = run_json([python, str(HERE / "release_step.py"), *release_args])
             rows.append({"method": method, "ours": ours, "release": release})
-            if args.remat and method == "sastc":
+            if args.remat and method == "sastc" and steps == max(t for _, t in sizes):
                 remat = run_json([python, str(HERE / "train_step.py"), *size, "--remat"])
                 rows.append({"method": method, "ours": remat, "release": release})
     with open("/proc/cpuinfo") as stream:
