@@ -143,23 +143,29 @@ def main(argv: list[str] | None = None) -> None:
             release_args = ["--release-dir", str(args.release_dir), *size]
             release = run_json([python, str(HERE / "release_step.py"), *release_args])
             rows.append({"method": method, "ours": ours, "release": release})
+            write(args.out_dir, rows, started)  # what is measured so far survives a stop
             if args.remat and method == "sastc" and steps == max(t for _, t in sizes):
                 remat = run_json([python, str(HERE / "train_step.py"), *size, "--remat"])
                 rows.append({"method": method, "ours": remat, "release": release})
+    print(write(args.out_dir, rows, started))
+
+
+def write(out_dir: Path, rows: list[dict], started: str) -> str:
+    """Write ``comparison.json`` and ``comparison.md``; returns the markdown."""
     with open("/proc/cpuinfo") as stream:
         model = next(line.split(":", 1)[1].strip() for line in stream if "model name" in line)
     machine = (
         f"{model}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
-        f"run started {started} UTC, load average at the end {os.getloadavg()[0]:.1f}"
+        f"run started {started} UTC, load average {os.getloadavg()[0]:.1f} when written"
     )
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "comparison.json").write_text(
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(
         json.dumps({"machine": machine, "rows": rows}, indent=1)
     )
     table = markdown(rows, machine)
-    (args.out_dir / "comparison.md").write_text(table)
-    print(table)
+    (out_dir / "comparison.md").write_text(table)
+    return table
 
 
 if __name__ == "__main__":
