@@ -97,7 +97,7 @@ def assert_trees_close(actual, expected, tolerance):
 
 def test_grouped_regressors_match_the_pairwise_formulation(setup):
     parts, args, (loss, grads, stats) = setup
-    # Regressors sharing an input are grouped in ResNet-19 (3 taps each): 6 groups for 9 pairs.
+    # ResNet-19 has 3 taps each side: 9 regressors, run as 6 groups (taps 1 and 2 share inputs).
     assert len(parts.calibrator.pairs()) == 9
     ref_loss, ref_grads, ref_stats = value_and_grad(reference_objective(parts), args)
     assert float(ref_loss) > 0
@@ -110,7 +110,7 @@ def test_grouped_regressors_match_the_pairwise_formulation(setup):
 
 
 def test_remat_gives_the_plain_gradients(setup):
-    parts, args, (loss, grads, stats) = setup
+    _, args, (loss, grads, stats) = setup
     remat_parts = distillation(remat=True)
     assert remat_parts.student.remat and remat_parts.calibrator.remat
     remat_loss, remat_grads, remat_stats = value_and_grad(remat_parts.objective, args)
