@@ -22,6 +22,7 @@ uniform in +-1/sqrt(fan_in), batch norm scale 1 and bias 0.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -153,6 +154,45 @@ class Regressor(nn.Module):
         return out.reshape(steps, batch, *out.shape[1:])
 
 
+def _conv(x: Array, kernel: Array, dtype) -> Array:
+    """The bias-free stride-1 'SAME' convolution of ``nn.Conv`` on ``(N, H, W, C)``."""
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def fused_regressors(params: Sequence[dict], x: Array, dtype: jnp.dtype = jnp.float32) -> list:
+    """Several :class:`Regressor` s that read the same input, run as one.
+
+    ``params`` are the regressors' parameter dicts, ``x`` their common input
+    ``(T, B, H, W, C_i)``. Their conv3x3 kernels are concatenated along the output
+    channels (one convolution instead of one per regressor), the per-time-step batch
+    norm and the ReLU act per channel on the concatenation, and each regressor's
+    conv1x1 reads its own slice of it. Every output channel sees the same arithmetic
+    as in :meth:`Regressor.__call__`; returns the regressors' outputs in order.
+    """
+    steps, batch = x.shape[:2]
+    merged = x.reshape(steps * batch, *x.shape[2:])
+    kernel = jnp.concatenate([p["conv3x3"]["kernel"] for p in params], axis=-1)
+    hidden = _conv(merged, kernel, dtype).reshape(steps, batch, *merged.shape[1:3], -1)
+    stats_input = hidden.astype(jnp.float32)
+    mean = jnp.mean(stats_input, axis=(1, 2, 3), keepdims=True)
+    var = jnp.var(stats_input, axis=(1, 2, 3), keepdims=True)
+    normed = (stats_input - mean) * jax.lax.rsqrt(var + TimeStepBatchNorm.epsilon)
+    scale = jnp.concatenate([p["bn"]["scale"] for p in params])
+    bias = jnp.concatenate([p["bn"]["bias"] for p in params])
+    hidden = nn.relu((normed * scale + bias).astype(hidden.dtype))
+    hidden = hidden.reshape(steps * batch, *hidden.shape[2:])
+    outputs, start = [], 0
+    for p in params:
+        width = p["conv3x3"]["kernel"].shape[-1]
+        out = _conv(hidden[..., start : start + width], p["conv1x1"]["kernel"], dtype)
+        outputs.append(out.reshape(steps, batch, *out.shape[1:]))
+        start += width
+    return outputs
+
+
 class Calibration(nn.Module):
     """The SASTC module, built from tap shapes alone.
 
@@ -163,6 +203,8 @@ class Calibration(nn.Module):
       method: ``'sastc'``, ``'spatial'`` or ``'layerwise'``.
       embed_dim: d; ``None`` means ``batch_size // 4``.
       dtype: compute dtype of the regressor convolutions.
+      remat: recompute each regressor group's activations in the backward pass
+        instead of keeping them (less memory, the same numbers).
 
     ``__call__(student_taps, teacher_taps)`` returns ``(loss, attention)`` with
     attention ``(T', B, S, K)``; T' = T for ``sastc``/``layerwise``, 1 for ``spatial``.
@@ -174,6 +216,7 @@ class Calibration(nn.Module):
     method: str = "sastc"
     embed_dim: int | None = None
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     def pairs(self) -> list[tuple[int, int]]:
         """The (student, teacher) tap pairs that get a regressor."""
@@ -224,17 +267,29 @@ class Calibration(nn.Module):
         """Per-pair regression error ``mean_{h,w,c}(R_ij(P(F_s[i])) - P'(F_a[j]))^2``.
 
         Returns ``(T, B, S, K)``; pairs without a regressor (layerwise off-diagonal) are 0.
+        Regressors whose aligned student input is the same array (same student tap,
+        same pooled size) run together through :func:`fused_regressors`.
         """
         steps, batch = student_taps[0].shape[:2]
-        errors = jnp.zeros((steps, batch, len(student_taps), len(teacher_taps)), jnp.float32)
+        groups: dict[tuple[int, tuple[int, int]], list[int]] = {}
         for i, j in self.pairs():
-            student = student_taps[i].reshape(steps * batch, *student_taps[i].shape[2:])
-            student, teacher = align_pair(student, teacher_taps[j])
-            regressed = self.regressors[f"{i}_{j}"](
-                student.reshape(steps, batch, *student.shape[1:])
-            )
-            diff = regressed.astype(jnp.float32) - teacher.astype(jnp.float32)[None]
-            errors = errors.at[:, :, i, j].set(jnp.mean(diff * diff, axis=(2, 3, 4)))
+            pooled = student_taps[i].shape[2] > teacher_taps[j].shape[1]  # as in align_pair
+            size = teacher_taps[j].shape[1:3] if pooled else student_taps[i].shape[2:4]
+            groups.setdefault((i, size), []).append(j)
+        errors = jnp.zeros((steps, batch, len(student_taps), len(teacher_taps)), jnp.float32)
+        for (i, _), group in groups.items():
+            merged = student_taps[i].reshape(steps * batch, *student_taps[i].shape[2:])
+            aligned = [align_pair(merged, teacher_taps[j]) for j in group]
+            student = aligned[0][0].reshape(steps, batch, *aligned[0][0].shape[1:])
+            if self.is_initializing():  # creates each regressor's parameters
+                regressed = [self.regressors[f"{i}_{j}"](student) for j in group]
+            else:
+                params = [self.variables["params"][f"regressors_{i}_{j}"] for j in group]
+                run = functools.partial(fused_regressors, dtype=self.dtype)
+                regressed = (jax.checkpoint(run) if self.remat else run)(params, student)
+            for j, out, (_, teacher) in zip(group, regressed, aligned, strict=True):
+                diff = out.astype(jnp.float32) - teacher.astype(jnp.float32)[None]
+                errors = errors.at[:, :, i, j].set(jnp.mean(diff * diff, axis=(2, 3, 4)))
         return errors
 
     def __call__(
@@ -318,6 +373,7 @@ def calibration_module(
     method: str = "sastc",
     embed_dim: int | None = None,
     dtype: jnp.dtype = jnp.float32,
+    remat: bool = False,
 ) -> Calibration:
     """The :class:`Calibration` module matching these taps (batch from the student taps)."""
     return Calibration(
@@ -327,6 +383,7 @@ def calibration_module(
         method=method,
         embed_dim=embed_dim,
         dtype=dtype,
+        remat=remat,
     )
 
 
@@ -398,6 +455,7 @@ __all__ = [
     "align_pair",
     "calibration_loss",
     "calibration_module",
+    "fused_regressors",
     "init_calibration",
     "regressor_macs",
     "similarity",

@@ -11,7 +11,7 @@ a surrogate derivative for the backward pass, defined with ``jax.custom_jvp`` so
 forward- and reverse-mode autodiff both use it.
 
 Inputs are time-major ``(T, ...)``; the update is scanned over T with
-``jax.lax.scan``. Layers live in :mod:`sastc_jax.models.layers`.
+``jax.lax.scan``, unrolled. Layers live in :mod:`sastc_jax.models.layers`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ def lif(
     # zeros_like keeps the input's sharding/varying-axis type, as scan under shard_map needs.
     v0 = jnp.zeros_like(currents[0], dtype=jnp.float32)
     step = functools.partial(lif_step, config=config)
-    _, (spikes, membrane) = jax.lax.scan(step, v0, currents.astype(jnp.float32))
+    # Unrolled (T is small): XLA fuses the whole elementwise update and its backward
+    # over all time steps instead of running a loop of dynamic slices; the same
+    # arithmetic (bit-identical on CPU), about 7x faster forward+backward there.
+    _, (spikes, membrane) = jax.lax.scan(step, v0, currents.astype(jnp.float32), unroll=True)
     spikes = spikes.astype(currents.dtype)
     return (spikes, membrane) if return_membrane else spikes

@@ -146,6 +146,8 @@ def build_teacher(config, num_classes: int) -> flax.linen.Module:
 
 
 def build_student(config, num_classes: int) -> flax.linen.Module:
+    # remat is passed only when set: the students without the option still build.
+    remat = {"remat": True} if config.get("remat", False) else {}
     return model_from_config(
         config.student,
         "student",
@@ -153,6 +155,7 @@ def build_student(config, num_classes: int) -> flax.linen.Module:
         time_steps=config.time_steps,
         neuron=neurons.LIFConfig(**config.neuron.to_dict()),
         dtype=step_lib.compute_dtype(config),
+        **remat,
     )
 
 
@@ -264,6 +267,7 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
             method=config.method,
             embed_dim=config.calibration.embed_dim or None,
             dtype=step_lib.compute_dtype(config),
+            remat=config.get("remat", False),
         )
     weights = losses.LossWeights(**config.loss.to_dict())
     objective = step_lib.student_objective(student, teacher, calibrator, config.method, weights)

@@ -123,7 +123,7 @@ class SpikingResNet(nn.Module):
     Then ``stage_sizes[i]`` basic blocks of width ``widths[i]``, the first one
     with stride ``strides[i]``; global average pool per time step; optional
     dense ``hidden_features`` + LIF; dense to ``num_classes``.
-    Taps: the output of every stage.
+    Taps: the output of every stage. ``remat`` rematerialises every block.
     """
 
     num_classes: int
@@ -137,12 +137,18 @@ class SpikingResNet(nn.Module):
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
     init_scheme: str = "pytorch"
+    remat: bool = False
 
     spiking: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
+        # remat: keep only each block's input for the backward pass and recompute the
+        # rest (less memory, the same numbers, about one more forward pass of compute).
+        block_class = (
+            nn.remat(SpikingBasicBlock, static_argnums=(2,)) if self.remat else SpikingBasicBlock
+        )
         if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
             raise ValueError("stage_sizes, widths and strides must have the same length.")
         if self.stem == "cifar":
@@ -161,7 +167,7 @@ class SpikingResNet(nn.Module):
             zip(self.stage_sizes, self.widths, self.strides, strict=True)
         ):
             for block in range(num_blocks):
-                x = SpikingBasicBlock(
+                x = block_class(
                     width,
                     stride if block == 0 else 1,
                     self.neuron,
