@@ -627,7 +627,8 @@ def input_shape_for(config) -> tuple[int, int, int]:
 def load_student(workdir: str | os.PathLike, checkpoint: str = "best"):
     """``(model, variables, config, record)`` of the student a run saved in ``workdir``.
 
-    ``checkpoint``: 'best' (highest test accuracy) or 'final' (the last saved step).
+    ``checkpoint``: 'best' (the selected checkpoint: highest validation accuracy, or test
+    accuracy without a validation split) or 'final' (the last saved step).
     Raises FileNotFoundError / CheckpointError naming what is missing.
     """
     import ml_collections
