@@ -68,6 +68,10 @@ VARIABLES, RECORD = "variables", "record"
 BEST_METRIC = "accuracy"
 TEACHER_RECORD_KEYS = ("model", "num_classes", "dataset", "accuracy")
 CHECKSUMS = "checksums.json"
+INTERRUPTED_SAVE = (
+    f"{CHECKSUMS} is missing: its save never finished (interrupted), or it was written "
+    "without checksums"
+)
 CORRUPT = "corrupt"
 _UNCOMMITTED = ".orbax-checkpoint-tmp"  # orbax's temporary step directories
 _CHUNK_BYTES = 8 << 20
@@ -313,10 +317,7 @@ def verify_checksums(step_dir: str | os.PathLike) -> list[str]:
         return [f"{step_dir} is not a directory"]
     manifest_path = step_dir / CHECKSUMS
     if not manifest_path.exists():
-        return [
-            f"{CHECKSUMS} is missing: its save never finished (interrupted), or it was "
-            "written without checksums"
-        ]
+        return [INTERRUPTED_SAVE]
     try:
         manifest = json.loads(manifest_path.read_text())
         files, recorded = dict(manifest["files"]), manifest["files_digest"]
@@ -721,13 +722,14 @@ class Checkpoints:
         verification (its checksums, orbax's restore, finite values) is logged with its
         path and reason, moved to ``directory/corrupt/`` and skipped. The ``best/`` step
         is verified even when not restored, so ``best()`` only reports an intact one.
-        Returns None when the stage has no checkpoint; raises CorruptCheckpointError when
-        it had some but none is intact (all are then moved aside: a rerun starts the
-        stage from scratch), CheckpointError when the newest intact one does not fit
-        ``target`` (another config).
+        Returns None when the stage has no checkpoint, or only saves that never finished
+        (no ``checksums.json``: moved aside, the stage starts from scratch); raises
+        CorruptCheckpointError when it had finished ones but none is intact (all are then
+        moved aside: a rerun starts the stage from scratch), CheckpointError when the
+        newest intact one does not fit ``target`` (another config).
         """
         self.wait_until_finished()
-        rejected = []
+        rejected, interrupted = [], []
 
         def reject(manager: ocp.CheckpointManager, step: int, reason: str) -> None:
             path = manager.directory / str(step)
@@ -735,7 +737,7 @@ class Checkpoints:
             _sync_processes(f"sastc_corrupt_{step}")
             manager.reload()
             _warn_corrupt(path, reason, moved)
-            rejected.append(f"{path}: {reason}")
+            (interrupted if reason == INTERRUPTED_SAVE else rejected).append(f"{path}: {reason}")
 
         for manager in (self._latest, self._best):
             manager.reload()
@@ -765,9 +767,18 @@ class Checkpoints:
         if rejected:
             raise CorruptCheckpointError(
                 f"no intact checkpoint in {self.directory}: "
-                + "; ".join(rejected)
+                + "; ".join(rejected + interrupted)
                 + f". They were moved to {self.directory / CORRUPT}; rerun to start this "
                 "stage from scratch, or put intact copies back."
+            )
+        if interrupted:
+            # Only saves that never finished (e.g. the process was killed while writing
+            # the first checkpoint): nothing was lost, so the stage starts from scratch.
+            log.warning(
+                "%s holds no finished checkpoint (only interrupted saves, moved to %s): "
+                "starting this stage from scratch",
+                self.directory,
+                self.directory / CORRUPT,
             )
         return None
 

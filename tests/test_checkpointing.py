@@ -611,6 +611,17 @@ def test_no_intact_checkpoint_is_a_clear_error_then_a_fresh_start(tmp_path):
         assert ckpts.resume(make_state()) is None  # the rerun starts from scratch
 
 
+def test_only_interrupted_saves_start_the_stage_from_scratch(tmp_path, caplog):
+    """A run killed while its first checkpoint was being checksummed resumes from scratch."""
+    with Checkpoints(tmp_path) as ckpts:
+        ckpts.save(2, make_state(seed=2, step=2), metadata={})
+    (tmp_path / "latest" / "2" / CHECKSUMS).unlink()
+    with Checkpoints(tmp_path) as ckpts:
+        assert ckpts.resume(make_state()) is None
+    assert "only interrupted saves" in caplog.text and "save never finished" in caplog.text
+    assert (tmp_path / "corrupt" / "latest-2").is_dir()
+
+
 def test_a_full_disk_while_saving_keeps_the_earlier_steps_verified(tmp_path, monkeypatch):
     # Registered with monkeypatch so the handler is restored after fill_disk_at_step.
     monkeypatch.setattr(JsonCheckpointHandler, "_save_fn", JsonCheckpointHandler._save_fn)
