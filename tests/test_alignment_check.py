@@ -69,6 +69,7 @@ def test_attention_ceiling_matches_the_closed_forms():
     assert three_targets == pytest.approx(e / (e + 2 * e**-0.5), abs=2e-3)
 
 
+@pytest.mark.slow  # about 1 minute on 2 cores
 def test_fast_check_recovers_the_planted_pairs(tmp_path, capsys):
     """A short run (seed 0): every planted pair above chance, time-varying pairs followed."""
     summary = alignment_check.main(

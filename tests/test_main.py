@@ -267,6 +267,7 @@ def test_no_intact_checkpoint_is_reported(tmp_path):
     assert "rerun to start this stage from scratch" in completed.stderr
 
 
+@pytest.mark.slow  # about 1.5 minutes on 2 cores
 def test_resume_after_sigkill_equals_an_uninterrupted_run(teacher_workdir, tmp_path):
     """Kill a run mid-epoch, restart it: the final parameters are bit-identical."""
     teacher = f"--config.teacher.checkpoint={teacher_workdir / 'teacher' / 'final'}"

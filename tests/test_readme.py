@@ -19,8 +19,8 @@ def test_readme_test_command_is_what_ci_runs():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
     command = (
-        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dvs,dev]' && "
-        ".venv/bin/python -m pytest"
+        "python3 -m venv .venv && .venv/bin/pip install -q 'torch==2.13.0' "
+        "-e '.[dvs,dev,torch,nir-snntorch]' && .venv/bin/python -m pytest"
     )
     assert command in text and command in ci
     assert (

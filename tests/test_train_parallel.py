@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from processes import environment
 
 SCRIPT = textwrap.dedent(
@@ -86,6 +87,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # about 1.5 minutes on 2 cores
 def test_eight_devices_equal_per_device_program_on_one_device():
     env = environment(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     completed = subprocess.run(
