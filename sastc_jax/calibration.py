@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sastc_jax import convolution
 from sastc_jax.models.layers import Dense, pytorch_weight_init
 
 Array = jax.Array
@@ -139,6 +140,7 @@ class Regressor(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             kernel_init=pytorch_weight_init,
+            conv_general_dilated=convolution.conv_general_dilated,
             name="conv3x3",
         )(merged)
         hidden = TimeStepBatchNorm(name="bn")(hidden.reshape(steps, batch, *hidden.shape[1:]))
@@ -157,7 +159,7 @@ class Regressor(nn.Module):
 def _conv(x: Array, kernel: Array, dtype) -> Array:
     """The bias-free stride-1 'SAME' convolution of ``nn.Conv`` on ``(N, H, W, C)``."""
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    return jax.lax.conv_general_dilated(
+    return convolution.conv_general_dilated(
         x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 

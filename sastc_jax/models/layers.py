@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sastc_jax import convolution
 from sastc_jax.neurons import LIFConfig, lif
 
 Array = jax.Array
@@ -186,6 +187,7 @@ def conv(
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=conv_kernel_init(init_scheme),
+        conv_general_dilated=convolution.conv_general_dilated,
         name=name,
     )
 
