@@ -116,26 +116,26 @@ def matmul_kernel_gradient(
     return jnp.stack(offsets).reshape(kh, kw, c_in, c_out).astype(x.dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_nhwc(x: Array, kernel: Array, strides: tuple, pads: tuple) -> Array:
-    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC)
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_nhwc(x: Array, kernel: Array, pads: tuple) -> Array:
+    """The stride-1 NHWC/HWIO convolution whose kernel gradient is the matmul form."""
+    return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_NHWC)
 
 
-def _conv_nhwc_forward(x, kernel, strides, pads):
-    return _conv_nhwc(x, kernel, strides, pads), (x, kernel)
+def _conv_nhwc_forward(x, kernel, pads):
+    return _conv_nhwc(x, kernel, pads), (x, kernel)
 
 
-def _conv_nhwc_backward(strides, pads, residuals, output_grad):
+def _conv_nhwc_backward(pads, residuals, output_grad):
     x, kernel = residuals
     _, input_vjp = jax.vjp(
         lambda inputs: lax.conv_general_dilated(
-            inputs, kernel, strides, pads, dimension_numbers=_NHWC
+            inputs, kernel, (1, 1), pads, dimension_numbers=_NHWC
         ),
         x,
     )
     (input_grad,) = input_vjp(output_grad)
-    kernel_grad = matmul_kernel_gradient(x, output_grad, kernel.shape, pads)
-    return input_grad, kernel_grad.astype(kernel.dtype)
+    return input_grad, matmul_kernel_gradient(x, output_grad, kernel.shape, pads)
 
 
 _conv_nhwc.defvjp(_conv_nhwc_forward, _conv_nhwc_backward)
@@ -188,5 +188,4 @@ def conv_general_dilated(
             precision,
             preferred_element_type,
         )
-    pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], window_strides)
-    return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), pads)
+    return _conv_nhwc(lhs, rhs, _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], (1, 1)))
