@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sastc_jax import convolution
+from sastc_jax import convolution, remat
 from sastc_jax.models.layers import Dense, pytorch_weight_init
 
 Array = jax.Array
@@ -164,6 +164,21 @@ def _conv(x: Array, kernel: Array, dtype) -> Array:
     )
 
 
+def squared_error(regressed: Array, teacher: Array) -> Array:
+    """``mean_{h,w,c}(regressed - teacher)^2`` of ``(T, B, H, W, C)`` against the
+    teacher's ``(B, H, W, C)``; returns ``(T, B)``."""
+    diff = regressed.astype(jnp.float32) - teacher.astype(jnp.float32)[None]
+    return jnp.mean(diff * diff, axis=(2, 3, 4))
+
+
+def fused_regressor_errors(
+    params: Sequence[dict], x: Array, teachers: Sequence[Array], dtype: jnp.dtype = jnp.float32
+) -> list:
+    """:func:`fused_regressors` followed by :func:`squared_error` against each teacher."""
+    outputs = fused_regressors(params, x, dtype)
+    return [squared_error(out, teacher) for out, teacher in zip(outputs, teachers, strict=True)]
+
+
 def fused_regressors(params: Sequence[dict], x: Array, dtype: jnp.dtype = jnp.float32) -> list:
     """Several :class:`Regressor` s that read the same input, run as one.
 
@@ -279,19 +294,32 @@ class Calibration(nn.Module):
             size = teacher_taps[j].shape[1:3] if pooled else student_taps[i].shape[2:4]
             groups.setdefault((i, size), []).append(j)
         errors = jnp.zeros((steps, batch, len(student_taps), len(teacher_taps)), jnp.float32)
+        previous = None
         for (i, _), group in groups.items():
             merged = student_taps[i].reshape(steps * batch, *student_taps[i].shape[2:])
             aligned = [align_pair(merged, teacher_taps[j]) for j in group]
             student = aligned[0][0].reshape(steps, batch, *aligned[0][0].shape[1:])
+            teachers = [teacher for _, teacher in aligned]
             if self.is_initializing():  # creates each regressor's parameters
                 regressed = [self.regressors[f"{i}_{j}"](student) for j in group]
+                group_errors = [
+                    squared_error(out, t) for out, t in zip(regressed, teachers, strict=True)
+                ]
             else:
                 params = [self.variables["params"][f"regressors_{i}_{j}"] for j in group]
-                run = functools.partial(fused_regressors, dtype=self.dtype)
-                regressed = (jax.checkpoint(run) if self.remat else run)(params, student)
-            for j, out, (_, teacher) in zip(group, regressed, aligned, strict=True):
-                diff = out.astype(jnp.float32) - teacher.astype(jnp.float32)[None]
-                errors = errors.at[:, :, i, j].set(jnp.mean(diff * diff, axis=(2, 3, 4)))
+                run = functools.partial(fused_regressor_errors, dtype=self.dtype)
+                if self.remat:
+                    # One group's backward pass at a time: its parameters are read after
+                    # the previous group's errors, so its recomputation (and its
+                    # gradient) is ordered after that group's.
+                    if previous is not None:
+                        params = remat.after(params, previous)
+                    group_errors = remat.checkpoint(run)(params, student, teachers)
+                    previous = group_errors
+                else:
+                    group_errors = run(params, student, teachers)
+            for j, error in zip(group, group_errors, strict=True):
+                errors = errors.at[:, :, i, j].set(error)
         return errors
 
     def __call__(

@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
     # 'student' (WORKDIR/student, latest checkpoint) or 'student_best' (its best one).
     config.evaluate = "student"
     config.dtype = "float32"  # compute dtype; 'bfloat16' for GPU/TPU runs
-    # Rematerialise the student's LIF scans in the backward pass (less memory, same numbers).
+    # Rematerialise every spiking block and regressor group in the backward pass
+    # (sastc_jax/remat.py): the same numbers, about half the memory, a slower step.
     config.remat = False
 
     config.dataset = ml_collections.ConfigDict(

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sastc_jax import remat
 from sastc_jax.models.layers import (
     LIF,
     ConvBN,
@@ -144,10 +145,13 @@ class SpikingResNet(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
-        # remat: keep only each block's input for the backward pass and recompute the
-        # rest (less memory, the same numbers, about one more forward pass of compute).
+        # remat: keep only each block's input (spikes, saved as int8) for the backward
+        # pass and recompute the rest (less memory, the same numbers, about one more
+        # forward pass of compute).
         block_class = (
-            nn.remat(SpikingBasicBlock, static_argnums=(2,)) if self.remat else SpikingBasicBlock
+            remat.remat(SpikingBasicBlock, static_argnums=(2,), binary_argnums=(1,))
+            if self.remat
+            else SpikingBasicBlock
         )
         if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
             raise ValueError("stage_sizes, widths and strides must have the same length.")
