@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sastc_jax import remat
+
 Array = jax.Array
 
 # Below this many output positions in the batch (N * Ho * Wo) both gradients take
@@ -102,12 +104,9 @@ def matmul_kernel_gradient(
     for i in range(kh):
         for j in range(kw):
             top, left = pads[0][0] + kh - 1 - i, pads[1][0] + kw - 1 - j
-            source = padded_grad
-            if offsets:
-                # Zero, read from the previous product: each window is cut only after
-                # the previous product is done, so XLA never holds all kh*kw shifted
-                # copies of the gradient at once (it did: 9 activation-sized buffers).
-                source = padded_grad + (0.0 * offsets[-1][0, 0]).astype(padded_grad.dtype)
+            # Each window is cut only after the previous product is done, so XLA never
+            # holds all kh*kw shifted copies of the gradient at once (it did).
+            source = remat.after(padded_grad, offsets[-1]) if offsets else padded_grad
             window = lax.slice(source, (0, top, left, 0), (n, top + height, left + width, c_out))
             offsets.append(
                 lax.dot_general(
