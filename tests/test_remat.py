@@ -18,11 +18,8 @@ def conv3x3(x, kernel):
 
 def conv_block(kernels, x):
     """Two 3x3 convolutions with tanh and a residual sum: ``(N, H, W, C) -> same``."""
-    y = jnp.tanh(
-        jax.lax.conv_general_dilated(x, kernels[0], (1, 1), "SAME", dimension_numbers=DIMENSIONS)
-    )
-    y = jax.lax.conv_general_dilated(y, kernels[1], (1, 1), "SAME", dimension_numbers=DIMENSIONS)
-    return jnp.tanh(y + x)
+    y = jnp.tanh(conv3x3(x, kernels[0]))
+    return jnp.tanh(conv3x3(y, kernels[1]) + x)
 
 
 def chain_loss(block, kernels, x):
