@@ -137,7 +137,9 @@ def ref_loss(params, student, teacher, method="sastc"):
 # ---- tests ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["sastc", "spatial"])
+@pytest.mark.parametrize(
+    "method", [pytest.param("sastc", marks=pytest.mark.slow), "spatial"]  # sastc: ~45 s
+)
 def test_matches_loop_reference(method):
     student, teacher = make_taps()
     variables = randomise(init_calibration(jax.random.key(1), student, teacher, method=method))

@@ -1,4 +1,5 @@
-"""The matmul kernel gradient equals XLA's; it is used exactly where documented."""
+"""The matmul forms (kernel gradient, 1x1 convolution) equal XLA's and are used
+exactly where documented."""
 
 import flax.linen as nn
 import jax
@@ -104,3 +105,52 @@ def test_where_the_matmul_gradient_is_used(overrides, expected):
         **overrides,
     }
     assert convolution.uses_matmul_kernel_gradient(**arguments) is expected
+
+
+@pytest.mark.parametrize(
+    ("strides", "padding"), [((1, 1), "SAME"), ((2, 2), "SAME"), ((2, 1), "VALID")]
+)
+def test_pointwise_convolution_equals_xla(strides, padding):
+    keys = jax.random.split(jax.random.key(3), 2)
+    x = jax.random.normal(keys[0], (3, 9, 7, 4))
+    kernel = jax.random.normal(keys[1], (1, 1, 4, 6))
+    assert convolution.is_pointwise(x.shape, kernel.shape, strides, padding, dimension_numbers=NHWC)
+
+    def loss(conv_fn, x, kernel):
+        out = conv_fn(x, kernel, strides, padding, dimension_numbers=NHWC)
+        return jnp.sum(jnp.sin(out) * jnp.arange(out.size).reshape(out.shape) / out.size), out
+
+    grad = jax.grad(loss, argnums=(1, 2), has_aux=True)
+    (dx, dw), out = jax.jit(grad, static_argnums=0)(convolution.conv_general_dilated, x, kernel)
+    (ref_dx, ref_dw), ref_out = jax.jit(grad, static_argnums=0)(lax.conv_general_dilated, x, kernel)
+    assert out.shape == ref_out.shape
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(dx))) > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, True),
+        ({"window_strides": (2, 2)}, True),
+        ({"backend": "gpu"}, False),
+        ({"rhs_shape": (3, 3, 32, 32)}, False),
+        ({"padding": ((1, 1), (1, 1))}, False),  # a padded 1x1 reads zeros at the border
+        ({"rhs_dilation": (2, 2)}, False),
+        ({"feature_group_count": 2, "rhs_shape": (1, 1, 16, 32)}, False),
+        ({"dimension_numbers": ("NCHW", "OIHW", "NCHW"), "lhs_shape": (8, 32, 16, 16)}, False),
+    ],
+)
+def test_where_the_pointwise_dot_is_used(overrides, expected):
+    arguments = {
+        "lhs_shape": (8, 16, 16, 32),
+        "rhs_shape": (1, 1, 32, 32),
+        "window_strides": (1, 1),
+        "padding": "SAME",
+        "dimension_numbers": NHWC,
+        "backend": "cpu",
+        **overrides,
+    }
+    assert convolution.is_pointwise(**arguments) is expected

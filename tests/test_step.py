@@ -8,6 +8,9 @@ import pytest
 
 from sastc_jax import calibration, configuration, losses, models, train
 
+# Building and compiling the ResNet-19 pair takes about a minute on 2 CPU cores.
+pytestmark = pytest.mark.slow
+
 B, T, IMAGE = 4, 2, (16, 16, 3)
 
 
