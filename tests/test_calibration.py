@@ -138,7 +138,8 @@ def ref_loss(params, student, teacher, method="sastc"):
 
 
 @pytest.mark.parametrize(
-    "method", [pytest.param("sastc", marks=pytest.mark.slow), "spatial"]  # sastc: ~45 s
+    "method",
+    [pytest.param("sastc", marks=pytest.mark.slow), "spatial"],  # sastc: ~45 s
 )
 def test_matches_loop_reference(method):
     student, teacher = make_taps()
