@@ -60,6 +60,27 @@ def _explicit_padding(
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
+def _plain_cpu_conv(
+    lhs_shape,
+    rhs_shape,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_groups,
+    batch_groups,
+    backend,
+) -> bool:
+    """A CPU-backend NHWC/HWIO convolution without dilation or grouping."""
+    if (backend or jax.default_backend()) != "cpu":
+        return False
+    if not _plain_nhwc(lhs_shape, rhs_shape, dimension_numbers):
+        return False
+    if (feature_groups, batch_groups) != (1, 1):
+        return False
+    dilations = (*(lhs_dilation or ()), *(rhs_dilation or ()))
+    return all(d == 1 for d in dilations)
+
+
 def uses_matmul_kernel_gradient(
     lhs_shape: Sequence[int],
     rhs_shape: Sequence[int],
@@ -73,13 +94,8 @@ def uses_matmul_kernel_gradient(
     backend: str | None = None,
 ) -> bool:
     """Whether :func:`conv_general_dilated` replaces XLA's kernel gradient for this call."""
-    if (backend or jax.default_backend()) != "cpu":
-        return False
-    if not _plain_nhwc(lhs_shape, rhs_shape, dimension_numbers):
-        return False
-    if feature_group_count != 1 or batch_group_count != 1:
-        return False
-    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+    layout = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
+    if not _plain_cpu_conv(lhs_shape, rhs_shape, *layout, batch_group_count, backend):
         return False
     if tuple(rhs_shape[:2]) == (1, 1):  # a 1x1 kernel gradient is a single dot already
         return False
@@ -106,13 +122,10 @@ def is_pointwise(
     """Whether :func:`conv_general_dilated` computes this call as a ``dot_general``: on
     the CPU, a plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation
     or grouping."""
-    if (backend or jax.default_backend()) != "cpu":
+    layout = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
+    if not _plain_cpu_conv(lhs_shape, rhs_shape, *layout, batch_group_count, backend):
         return False
-    if not _plain_nhwc(lhs_shape, rhs_shape, dimension_numbers):
-        return False
-    if tuple(rhs_shape[:2]) != (1, 1) or feature_group_count != 1 or batch_group_count != 1:
-        return False
-    if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+    if tuple(rhs_shape[:2]) != (1, 1):
         return False
     pads = _explicit_padding(padding, lhs_shape[1:3], rhs_shape[:2], window_strides)
     return all(lo == 0 and hi == 0 for lo, hi in pads)
