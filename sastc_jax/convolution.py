@@ -94,8 +94,17 @@ def uses_matmul_kernel_gradient(
     backend: str | None = None,
 ) -> bool:
     """Whether :func:`conv_general_dilated` replaces XLA's kernel gradient for this call."""
-    layout = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
-    if not _plain_cpu_conv(lhs_shape, rhs_shape, *layout, batch_group_count, backend):
+    plain = _plain_cpu_conv(
+        lhs_shape,
+        rhs_shape,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        backend,
+    )
+    if not plain:
         return False
     if tuple(rhs_shape[:2]) == (1, 1):  # a 1x1 kernel gradient is a single dot already
         return False
@@ -122,8 +131,17 @@ def is_pointwise(
     """Whether :func:`conv_general_dilated` computes this call as a ``dot_general``: on
     the CPU, a plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation
     or grouping."""
-    layout = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
-    if not _plain_cpu_conv(lhs_shape, rhs_shape, *layout, batch_group_count, backend):
+    plain = _plain_cpu_conv(
+        lhs_shape,
+        rhs_shape,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        backend,
+    )
+    if not plain:
         return False
     if tuple(rhs_shape[:2]) != (1, 1):
         return False
