@@ -146,7 +146,9 @@ def test_skip_wraps_around_inside_the_class_and_refuses_an_all_bad_class(tmp_pat
     for file in CLEAN["train"]["moth"]:
         damage(os.path.join(tmp_path, "train", "moth", file), "empty")
     skip = get(tmp_path, train=False, augment=False, batch_size=9, bad_examples="skip")
-    with pytest.raises(data.UnreadableExampleError, match=r"All 2 examples of class 1 in the"):
+    with pytest.raises(
+        data.UnreadableExampleError, match=r"All 2 examples of class 1 \('moth'\) in the"
+    ):
         whole_epoch(skip)
 
 

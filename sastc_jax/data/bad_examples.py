@@ -59,9 +59,20 @@ def log_path(workdir: str | os.PathLike, process_index: int) -> Path:
     return Path(workdir) / name
 
 
+def _is_subset(loader: Any) -> bool:
+    return hasattr(loader, "indices") and hasattr(loader, "loader")  # validation.Subset
+
+
+def _base(loader: Any) -> Any:
+    """The reader under any validation subsets."""
+    while _is_subset(loader):
+        loader = loader.loader
+    return loader
+
+
 def example_path(loader: Any, index: int) -> str | None:
     """The file of example `index` of `loader` (through validation subsets), if it has one."""
-    while hasattr(loader, "indices") and hasattr(loader, "loader"):  # validation.Subset
+    while _is_subset(loader):
         index, loader = int(loader.indices[index]), loader.loader
     paths, split_dir = getattr(loader, "paths", None), getattr(loader, "split_dir", None)
     if paths is None or split_dir is None:
@@ -175,10 +186,13 @@ class BadExamples:
                         self._write(record)
             return loaded
         first = self._bad[int(members[0])]["path"]
+        label = int(self.labels[index])
+        classes = getattr(_base(self.loader), "classes", None)
+        name = f"{label} ({classes[label]!r})" if classes else str(label)
         raise UnreadableExampleError(
-            f"All {members.size} examples of class {int(self.labels[index])} in the "
-            f"{self.split} split are undecodable (e.g. {first}); bad_examples='skip' has "
-            "no example of that class to use instead. Replace the files.",
+            f"All {members.size} examples of class {name} in the {self.split} split are "
+            f"undecodable (e.g. {first}); bad_examples='skip' has no example of that class "
+            "to use instead. Replace the files.",
             self._bad[index]["path"],
             index,
         )
