@@ -17,6 +17,7 @@ STAGES = ("teacher", "distill", "all", "evaluate")
 EVALUATED = ("teacher", "student", "student_best")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("step", "cosine", "constant")
+BAD_EXAMPLES = data.bad_examples.POLICIES  # config.dataset.bad_examples
 DATASETS = ("cifar10", "cifar100", "imagenet2012", "fashion_mnist", "dvs_gesture", "cifar10_dvs")
 
 
@@ -76,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
             # > 0: hold out this class-balanced share of the training split as the
             # validation split that picks the "best" checkpoint; 0 = select on test.
             validation_fraction=0.0,
+            # An undecodable example (image folder): 'error' stops the run naming the
+            # file; 'skip' uses the next good one of its class and logs it to
+            # WORKDIR/bad_examples.jsonl (sastc_jax/data/bad_examples.py).
+            bad_examples="error",
         )
     )
     config.time_steps = 2
@@ -147,6 +152,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     choice("method", config.method, losses.METHODS)
     choice("dataset.name", config.dataset.name, DATASETS)
     choice("dataset.source", config.dataset.source, data.SOURCES[config.dataset.name])
+    choice("dataset.bad_examples", config.dataset.get("bad_examples", "error"), BAD_EXAMPLES)
     choice("teacher.model", config.teacher.model, models.list_models())
     choice("student.model", config.student.model, models.list_models())
     for role in ("teacher", "student"):

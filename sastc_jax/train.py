@@ -105,6 +105,7 @@ def dataset_settings(config: ml_collections.ConfigDict, global_batch: int, mesh)
         num_devices=jax.local_device_count(),
         image_size=config.dataset.image_size or None,
         validation_fraction=config.dataset.validation_fraction,
+        bad_examples=config.dataset.get("bad_examples", "error"),
     )
 
 
@@ -471,6 +472,27 @@ class TrainLog:
         return self.epoch_images
 
 
+def bad_example_policies(*datasets) -> list:
+    """The :class:`data.BadExamples` of these datasets (policy 'skip'; None is skipped)."""
+    return [d.bad_examples for d in datasets if d is not None and d.bad_examples is not None]
+
+
+def log_bad_examples(datasets, workdir: Path) -> None:
+    """Have this process log the datasets' replaced examples to its file in ``workdir``."""
+    for policy in bad_example_policies(*datasets):
+        policy.log_path = data.bad_examples.log_path(workdir, jax.process_index())
+
+
+def count_bad_examples(datasets) -> int:
+    """Distinct examples replaced in these datasets, over all processes (call on every one)."""
+    gather = None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        gather = multihost_utils.process_allgather
+    return data.bad_examples.count_bad(bad_example_policies(*datasets), gather)
+
+
 def run_stage(
     stage: Stage, config, workdir: Path, mesh, logger: metrics.MetricsLogger
 ) -> dict[str, Any]:
@@ -484,6 +506,8 @@ def run_stage(
     steps = steps_per_epoch(config, stage.train_data)
     total_steps = stage.optim.epochs * steps
     log = TrainLog(logger, stage, config.log_every_steps)
+    splits = (stage.train_data, stage.validation_data, stage.eval_data)
+    log_bad_examples(splits, workdir)
     start, images, last_eval = time.perf_counter(), 0, None
     with (
         checkpointing.Checkpoints(
@@ -563,6 +587,8 @@ def run_stage(
     }
     if stage.validation_data is not None and best_metrics is not None:
         summary["best_validation_accuracy"] = best_metrics["accuracy"]
+    if bad_example_policies(*splits):  # policy 'skip' on a reader it applies to
+        summary["bad_examples"] = count_bad_examples(splits)
     stage.state = state
     logger.write({"split": "summary", **summary})
     return summary
@@ -702,6 +728,7 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
             "checkpoint": str(directory),
             "step": saved.get("step"),
         }
+    log_bad_examples([eval_data], workdir)
     result = evaluate(eval_step, variables, eval_data, mesh)
     summary = {
         "stage": "evaluate",
@@ -711,5 +738,7 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
         **result,
         "seconds": time.perf_counter() - start,
     }
+    if bad_example_policies(eval_data):
+        summary["bad_examples"] = count_bad_examples([eval_data])
     logger.write(summary)
     return summary

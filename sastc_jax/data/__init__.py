@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 
-from sastc_jax.data.errors import DatasetNotFoundError
+from sastc_jax.data.bad_examples import BadExamples, check_policy
+from sastc_jax.data.errors import DatasetNotFoundError, UnreadableExampleError
 from sastc_jax.data.pipeline import BatchLoader, Dataset
 
 NUM_CLASSES = {
@@ -43,9 +44,11 @@ __all__ = [
     "DATASET_NAMES",
     "NUM_CLASSES",
     "SOURCES",
+    "BadExamples",
     "BatchLoader",
     "Dataset",
     "DatasetNotFoundError",
+    "UnreadableExampleError",
     "get_dataset",
     "resolve_source",
 ]
@@ -102,6 +105,7 @@ def get_dataset(
     num_threads: int | None = None,
     prefetch: int | None = None,
     validation_fraction: float = 0.0,
+    bad_examples: str = "error",
 ) -> Dataset:
     """One split of a dataset, sharded for this host, ready to iterate epoch by epoch.
 
@@ -137,6 +141,10 @@ def get_dataset(
       num_threads: grain threads preparing batches ahead (default min(8, cpus)).
       prefetch: batches prepared ahead (default num_threads).
       validation_fraction: share of the training split held out as 'validation' (0 = none).
+      bad_examples: 'error' (an undecodable example raises UnreadableExampleError naming
+        its file) or 'skip' (it is replaced with the next good example of its class; the
+        Dataset's `bad_examples` records it; see :mod:`sastc_jax.data.bad_examples` for
+        the readers this applies to).
 
     Raises:
       ValueError for bad arguments, DatasetNotFoundError (a FileNotFoundError) for data
@@ -153,6 +161,7 @@ def get_dataset(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_policy(bad_examples)
     if process_index is None or process_count is None or num_devices is None:
         import jax
 
@@ -216,6 +225,11 @@ def get_dataset(
         from sastc_jax.data.validation import split_off_validation
 
         loader = split_off_validation(loader, validation_fraction, split)
+    skipper = None
+    # Only readers that decode one example at a time can meet a bad one mid-run (the
+    # image folder); the others decode whole files above, where a failure stays an error.
+    if bad_examples == "skip" and name == "imagenet2012" and source == "folder":
+        skipper = BadExamples(loader, split=split, process_index=process_index)
     return Dataset(
         loader,
         name=name,
@@ -229,4 +243,5 @@ def get_dataset(
         process_count=process_count,
         num_threads=threads,
         prefetch=threads if prefetch is None else prefetch,
+        bad_examples=skipper,
     )

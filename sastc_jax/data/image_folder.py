@@ -36,7 +36,7 @@ from PIL import Image
 
 from sastc_jax.data import augment as aug
 from sastc_jax.data.augment import ExampleRandom
-from sastc_jax.data.errors import DatasetNotFoundError
+from sastc_jax.data.errors import DatasetNotFoundError, UnreadableExampleError
 from sastc_jax.data.static import IMAGENET_MEAN, IMAGENET_RESIZE, IMAGENET_SIZE, IMAGENET_STD
 
 # What torchvision.datasets.folder.IMG_EXTENSIONS accepts.
@@ -47,12 +47,12 @@ _RRC_ATTEMPTS = 10
 _STREAM_FLIP, _STREAM_RRC = 2, 16
 
 
-class UnreadableImageError(ValueError):
-    """An image file of the folder cannot be decoded; `path` names it."""
+# What Pillow raises for a file it cannot decode (empty, not an image, truncated, too large).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
-    def __init__(self, message: str, path: str):
-        super().__init__(message)
-        self.path = path
+
+class UnreadableImageError(UnreadableExampleError):
+    """An image file of the folder cannot be decoded; `path` names it, `index` its example."""
 
 
 def is_image_folder_root(root: str) -> bool:
@@ -227,13 +227,15 @@ class ImageFolderLoader:
                         crop = _rgb(image).resize(out, bilinear, box=box)
                     else:
                         crop = _rgb(image).crop(box).resize(out, bilinear)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except DECODE_ERRORS as error:
             label = int(self.labels[index])
             raise UnreadableImageError(
                 f"Cannot decode image {path} (example {index} of {self.split_dir}, class "
                 f"{self.classes[label]!r}): {type(error).__name__}: {error}. Replace or "
-                "delete the file (deleting it changes the example count).",
+                "delete the file (deleting it changes the example count), or set "
+                "config.dataset.bad_examples = 'skip'.",
                 path,
+                index,
             ) from error
         return crop
 
@@ -253,6 +255,18 @@ class ImageFolderLoader:
 
 def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def check_image(path: str) -> str | None:
+    """None when the file at `path` decodes completely (full scale, to RGB), else the
+    reason: the decoder's error type and message."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            _rgb(image)
+    except DECODE_ERRORS as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def image_folder_loader(root: str, split: str, size: int | None = None) -> ImageFolderLoader:

@@ -8,7 +8,7 @@ the loader on grain's thread pool so batches are prepared ahead of the training 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import grain
 import numpy as np
@@ -42,6 +42,8 @@ class Dataset:
       steps_per_epoch: batches per epoch, the same on every host. Training:
         num_examples // (batch_size * process_count). Evaluation:
         ceil(ceil(num_examples / process_count) / batch_size).
+      bad_examples: the :class:`~sastc_jax.data.bad_examples.BadExamples` that replaces
+        undecodable examples of `loader` (policy 'skip'), or None (policy 'error').
     """
 
     def __init__(
@@ -59,8 +61,10 @@ class Dataset:
         process_count: int,
         num_threads: int,
         prefetch: int,
+        bad_examples: Any = None,
     ):
         self.loader = loader
+        self.bad_examples = bad_examples
         self.name = name
         self.split = split
         self.num_classes = num_classes
@@ -119,7 +123,10 @@ class Dataset:
         rng = ExampleRandom(self.seed, epoch) if (self.train and self.augment) else None
 
         def make_batch(step: int) -> dict[str, np.ndarray]:
-            images, labels = self.loader.load(indices[step], rng)
+            if self.bad_examples is None:
+                images, labels = self.loader.load(indices[step], rng)
+            else:
+                images, labels = self.bad_examples.load(indices[step], rng, epoch=epoch, batch=step)
             return {"image": images, "label": labels, "mask": mask[step].copy()}
 
         steps = grain.MapDataset.range(start_step, self.steps_per_epoch).map(make_batch)

@@ -48,7 +48,8 @@ class Subset:
     """A :class:`BatchLoader` over the examples ``indices`` of another loader.
 
     Example ``k`` of the subset is example ``indices[k]`` of ``loader``; augmentation
-    draws stay keyed by the original index.
+    draws stay keyed by the original index. ``labels`` are the subset's (None when the
+    loader holds none in memory).
     """
 
     loader: BatchLoader
@@ -58,6 +59,8 @@ class Subset:
         self.indices = np.asarray(self.indices, dtype=np.int64)
         self.num_examples = int(self.indices.size)
         self.input_shape = tuple(self.loader.input_shape)
+        labels = getattr(self.loader, "labels", None)
+        self.labels = None if labels is None else np.asarray(labels)[self.indices]
 
     def load(self, indices: np.ndarray, rng: ExampleRandom | None) -> tuple[np.ndarray, np.ndarray]:
         return self.loader.load(self.indices[np.asarray(indices)], rng)
