@@ -468,9 +468,8 @@ def calibration_ratio_warning(
         f"warning: at the first step beta * calibration = {weights.beta:g} * "
         f"{parts['calibration']:.6g} = {calibration_term:.6g} is {ratio:.1f}x the CE term "
         f"(gamma * CE = {ce_term:.6g}), more than config.guards.max_calibration_ratio = "
-        f"{max_ratio:g}. The calibration term will dominate the gradients: consider a lower "
-        "config.loss.beta (the release's 800 suits its ResNet-19 features) or "
-        "config.student.optimizer.clip_grad_norm."
+        f"{max_ratio:g}. The calibration term dominates the gradients: consider a lower "
+        "config.loss.beta or config.student.optimizer.clip_grad_norm."
     )
 
 

@@ -235,13 +235,14 @@ def test_first_step_is_logged_and_warns_on_a_dominant_calibration_term():
         weights=losses.LossWeights(beta=800.0),
     )
     log.start_epoch(0, steps=10, offset=0)
-    log.push(1, parts_at(10.0, calibration=1.0), last_checkpoint=None)
-    log.push(2, parts_at(10.0, calibration=1.0), last_checkpoint=None)  # reads step 1
+    log.push(1, parts_at(10.0, calibration=5.0), last_checkpoint=None)
+    log.push(2, parts_at(10.0, calibration=5.0), last_checkpoint=None)  # reads step 1
     log.end_epoch(last_checkpoint=None)
     assert [r["step"] for r in logger.records] == [1]  # step 1, then every 50
-    assert logger.records[0]["calibration"] == 1.0
-    assert logger.lines[0].startswith("[student] first step: ce=2 kd=0.1 calibration=1 loss=802")
-    assert "beta * calibration = 800 * 1 = 800 is 400.0x the CE term" in logger.lines[1]
+    assert logger.records[0]["calibration"] == 5.0
+    assert logger.lines[0].startswith("[student] first step: ce=2 kd=0.1 calibration=5 loss=4002")
+    assert "beta * calibration = 800 * 5 = 4000 is 2000.0x the CE term" in logger.lines[1]
+    assert "config.guards.max_calibration_ratio = 1000" in logger.lines[1]
 
 
 def test_parameter_norm_growth_stops_the_run_naming_the_checkpoint():
