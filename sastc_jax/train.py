@@ -525,11 +525,11 @@ class TrainLog:
         values = {name: float(value) for name, value in jax.device_get(parts).items()}
         losses_only = {k: v for k, v in values.items() if k != "learning_rate"}
         check_finite(step, losses_only, last_checkpoint)
+        if step == 1:  # printed before the growth guard can stop a first-step blow-up
+            self.first_step(values)
         check_param_norm_growth(
             step, values["param_norm"], self.norm_reference, self.max_growth, last_checkpoint
         )
-        if step == 1:
-            self.first_step(values)
         rate = self.epoch_images / max(time.perf_counter() - self.epoch_start, 1e-9)
         self.progress.update(1)
         self.progress.set_postfix(

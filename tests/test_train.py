@@ -294,3 +294,23 @@ def test_evaluation_reports_the_firing_rate_of_unmasked_examples():
     assert result["firing_rate"] == pytest.approx(8 / (5 * 2 * 3))
     ann = train.evaluate(step.make_eval_step(LogitsEcho(), mesh), {}, split, mesh)
     assert "firing_rate" not in ann
+
+
+def test_a_first_step_blow_up_is_printed_before_the_guard_stops_it():
+    logger = RecordingLogger()
+    log = train.TrainLog(
+        logger,
+        fake_stage(),
+        log_every=50,
+        guards=configuration.base_config().guards,  # x10, warning above 1000x
+        weights=losses.LossWeights(beta=800.0),
+        initial_param_norm=(0, 151.0),
+    )
+    log.start_epoch(0, steps=10, offset=0)
+    log.push(1, parts_at(2407.0, calibration=2000.0), last_checkpoint=None)
+    with pytest.raises(
+        train.ParameterNormGrowthError, match=re.escape("grew from 151 (step 0) to 2407")
+    ):
+        log.flush(last_checkpoint=None)
+    assert logger.lines[0].endswith("param_norm=2407 (param_norm 151 before it)")
+    assert "is 800000.0x the CE term" in logger.lines[1]
