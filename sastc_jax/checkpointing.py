@@ -361,7 +361,7 @@ def nonfinite_leaves(tree: PyTree) -> list[str]:
     return found
 
 
-def _all_processes_agree(ok: bool) -> bool:
+def all_processes_agree(ok: bool) -> bool:
     """True only if ``ok`` holds on every process (collective in multi-process runs)."""
     if jax.process_count() == 1:
         return ok
@@ -473,7 +473,7 @@ class Checkpoints:
                 # orbax reads the metrics of every best/ step on opening: a corrupt one
                 # fails it. Move failing steps aside, then open again.
                 moved = _move_corrupt_steps_aside(self.directory / "best")
-                if _all_processes_agree(not moved):
+                if all_processes_agree(not moved):
                     raise
                 self._best = open_best()
         except CheckpointError:
@@ -685,7 +685,7 @@ class Checkpoints:
         """Checksum problems of ``step`` (found by process 0, agreed by all processes)."""
         path = manager.directory / str(step)
         problems = verify_checksums(path) if jax.process_index() == 0 else []
-        if _all_processes_agree(not problems):
+        if all_processes_agree(not problems):
             return []
         return problems or ["it failed verification on process 0"]
 
@@ -759,7 +759,7 @@ class Checkpoints:
                     state, metadata = self._load(manager, target, step, fix)
                 except CorruptCheckpointError as err:
                     reason = err.reason
-            if _all_processes_agree(not reason):
+            if all_processes_agree(not reason):
                 return Resumed(state=state, metadata=metadata, step=step, path=path)
             reject(manager, step, reason or "it failed verification on another process")
             if manager is self._best:
@@ -919,7 +919,7 @@ def load_teacher(
             raise _missing_teacher(path)
         fix = f"delete {path} and re-run the `teacher` stage, or set config.teacher.checkpoint."
         problems = verify_checksums(path / str(step)) if jax.process_index() == 0 else []
-        if not _all_processes_agree(not problems):
+        if not all_processes_agree(not problems):
             reason = _describe(problems or ["it failed verification on process 0"])
             raise CorruptCheckpointError(
                 f"the teacher checkpoint at {path / str(step)} is corrupt: {reason}. Fix: {fix}",

@@ -31,10 +31,13 @@ def optimizer_config(
     weight_decay: float = 5e-4,
     momentum: float = 0.9,
     warmup_epochs: float = 0.0,
+    clip_grad_norm: float = 0.0,
 ) -> ml_collections.ConfigDict:
     """One stage's optimiser: SGD + momentum + weight decay, step or cosine schedule.
 
-    ``batch_size`` is the GLOBAL batch (all devices of all processes).
+    ``batch_size`` is the GLOBAL batch (all devices of all processes). ``clip_grad_norm``
+    > 0 clips the gradients' global norm to it first (``optax.clip_by_global_norm``);
+    0 = off, as in the release.
     """
     return ml_collections.ConfigDict(
         dict(
@@ -48,6 +51,7 @@ def optimizer_config(
             warmup_epochs=warmup_epochs,
             epochs=epochs,
             batch_size=batch_size,
+            clip_grad_norm=clip_grad_norm,
         )
     )
 
@@ -120,11 +124,28 @@ def base_config() -> ml_collections.ConfigDict:
         dict(gamma=1.0, alpha_kd=1.0, beta=800.0, temperature=4.0)
     )
     config.calibration = ml_collections.ConfigDict(dict(embed_dim=0))  # 0 = B // 4
+    # Blow-ups that stay finite (train.TrainLog; README "Guards against a blow-up").
+    config.guards = ml_collections.ConfigDict(
+        dict(
+            # Warn when the first step's beta * calibration exceeds this multiple of
+            # gamma * CE (0 = never). Measured first steps: quickstart 41x, the CIFAR-10
+            # release pair (beta 800, random teacher) 685x.
+            max_calibration_ratio=1000.0,
+            # Stop when the parameter norm grows by more than this factor within one
+            # logging interval (0 = off). Measured healthy: x4.9 over the quickstart
+            # student's first 50 steps (36.8 -> 180), x1.14 for its teacher; the blow-up
+            # this catches went x16 in one step (README "Blow-ups that stay finite").
+            max_param_norm_growth=10.0,
+        )
+    )
 
     config.eval_every_epochs = 1
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
     config.log_every_steps = 50
+    # TensorBoard scalars in WORKDIR/tensorboard/ when tensorboardX is installed (the
+    # `tensorboard` extra); without it, one info line and no event files.
+    config.tensorboard = True
     # 0 = whole epochs; a positive value cuts every epoch short (smoke tests only).
     config.max_steps_per_epoch = 0
     return config
@@ -186,6 +207,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                 f"learning_rate > 0; got epochs={optim.epochs}, "
                 f"batch_size={optim.batch_size}, lr={optim.learning_rate}."
             )
+        if optim.get("clip_grad_norm", 0.0) < 0:
+            raise ValueError(
+                f"config.{stage}.optimizer.clip_grad_norm = {optim.clip_grad_norm}; allowed: "
+                "0 (no clipping) or a positive maximum global gradient norm."
+            )
         if device_count and optim.batch_size % device_count:
             raise ValueError(
                 f"config.{stage}.optimizer.batch_size = {optim.batch_size} does not divide by "
@@ -200,6 +226,17 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                 f"{per_device}, but SASTC needs at least 4 (d = B // 4). Raise "
                 "config.student.optimizer.batch_size or set config.calibration.embed_dim."
             )
+    if config.guards.max_calibration_ratio < 0:
+        raise ValueError(
+            f"config.guards.max_calibration_ratio = {config.guards.max_calibration_ratio}; "
+            "allowed: 0 (no warning) or a positive multiple of the CE term."
+        )
+    growth = config.guards.max_param_norm_growth
+    if growth != 0 and growth <= 1:
+        raise ValueError(
+            f"config.guards.max_param_norm_growth = {growth}; allowed: 0 (off) or a factor "
+            "> 1 by which the parameter norm may grow within one logging interval."
+        )
     for field in (
         "eval_every_epochs",
         "checkpoint_every_steps",

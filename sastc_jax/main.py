@@ -10,6 +10,7 @@ latest / best checkpoint) without training. Rerunning with the same workdir resu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from sastc_jax import (
     distributed,
     metrics,
     parallel,
+    runlock,
     torch_import,
     train,
 )
@@ -43,15 +45,51 @@ EXPECTED_ERRORS = (
     checkpointing.CheckpointError,
     train.NonFiniteLossError,
     distributed.DistributedError,
+    runlock.WorkdirLockedError,
 )
 
 
+def lock_workdir(workdir: Path) -> runlock.RunLock:
+    """Process 0's lock on the workdir, taken before anything in it is touched; every
+    process raises :class:`runlock.WorkdirLockedError` when another run holds it."""
+    lock = runlock.RunLock(workdir, enabled=jax.process_index() == 0)
+    refusal = None
+    try:
+        lock.acquire()
+    except runlock.WorkdirLockedError as error:
+        refusal = error
+    if jax.process_count() > 1 and not checkpointing.all_processes_agree(refusal is None):
+        lock.release()
+        raise refusal or runlock.WorkdirLockedError(
+            f"{workdir} is in use by another run (process 0 names it)."
+        )
+    if refusal is not None:
+        raise refusal
+    return lock
+
+
 def run(config, workdir: Path) -> list[dict]:
-    """Run the configured stages; returns their summaries (process 0 prints them)."""
+    """Run the configured stages holding the workdir's lock; returns their summaries
+    (process 0 prints them)."""
     mesh = parallel.make_mesh()
     configuration.validate(config, device_count=mesh.size)
-    workdir.mkdir(parents=True, exist_ok=True)
-    logger = metrics.MetricsLogger(workdir, enabled=jax.process_index() == 0)
+    with contextlib.ExitStack() as cleanup:
+        lock = lock_workdir(workdir)
+        cleanup.callback(lock.release)
+        workdir.mkdir(parents=True, exist_ok=True)
+        logger = metrics.MetricsLogger(
+            workdir,
+            enabled=jax.process_index() == 0,
+            tensorboard=config.tensorboard and config.stage != "evaluate",
+        )
+        cleanup.callback(logger.close)
+        if lock.warning:
+            logger.info(lock.warning)
+        return run_stages(config, workdir, mesh, logger)
+
+
+def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> list[dict]:
+    """The stages of :func:`run`, logged to ``logger``."""
     if config.stage == "evaluate":  # the workdir's config.json and summary.json stay as they are
         summary = train.evaluate_checkpoint(config, workdir, mesh, logger)
         if jax.process_index() == 0:

@@ -1,7 +1,13 @@
-"""Run output: a metrics JSONL in the workdir, progress bars and summaries.
+"""Run output: a metrics JSONL in the workdir, TensorBoard scalars, progress bars and
+summaries.
 
 Only process 0 writes or prints; other processes get silent stand-ins so the
 training loop needs no ``if process_index == 0`` of its own.
+
+TensorBoard: every train / validation / test record of ``metrics.jsonl`` is also written
+as scalars ``<stage>/<split>/<name>`` (``accuracy_per_t`` as ``accuracy_t1``, ...) to
+``workdir/tensorboard/`` through tensorboardX (the ``tensorboard`` extra), whose writer
+thread does the file I/O: the loop only hands it host values it already has.
 """
 
 from __future__ import annotations
@@ -27,26 +33,84 @@ class _SilentProgress:
         pass
 
 
+TENSORBOARD_DIR = "tensorboard"
+SCALAR_SPLITS = ("train", "validation", "test")
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The TensorBoard scalars of a metrics record: ``{'<stage>/<split>/<name>': value}``
+    for its numbers (``step`` and ``epoch`` are the x axis, not scalars)."""
+    prefix = f"{record.get('stage', '')}/{record['split']}"
+    found = {}
+    for name, value in record.items():
+        if name in ("stage", "split", "step", "epoch", "count"):
+            continue
+        if isinstance(value, list):
+            for t, entry in enumerate(value, start=1):
+                found[f"{prefix}/{name.removesuffix('_per_t')}_t{t}"] = float(entry)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            found[f"{prefix}/{name}"] = float(value)
+    return found
+
+
+def tensorboard_writer(directory: Path):
+    """A tensorboardX ``SummaryWriter`` on ``directory``; None when tensorboardX is absent."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    # The writer's thread flushes every flush_secs; close() flushes the rest.
+    return SummaryWriter(logdir=str(directory), flush_secs=30)
+
+
 class MetricsLogger:
     """Appends one JSON object per line to ``workdir/metrics.jsonl`` and prints.
 
-    ``enabled=False`` (processes other than 0) makes every method a no-op.
+    ``tensorboard=True`` also writes the train / validation / test records as scalars to
+    ``workdir/tensorboard/`` (one info line, and no event files, when tensorboardX is not
+    installed). ``enabled=False`` (processes other than 0) makes every method a no-op.
+    Call :meth:`close` at the end of the run.
     """
 
-    def __init__(self, workdir: str | Path, *, enabled: bool = True, progress_bars: bool = True):
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        enabled: bool = True,
+        progress_bars: bool = True,
+        tensorboard: bool = False,
+    ):
         self.enabled = enabled
         self.progress_bars = progress_bars and enabled
         self.path = Path(workdir) / "metrics.jsonl"
+        self.tensorboard = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                self.tensorboard = tensorboard_writer(self.path.parent / TENSORBOARD_DIR)
+                if self.tensorboard is None:
+                    self.info(
+                        "tensorboardX is not installed: no TensorBoard event files "
+                        "(pip install -e '.[tensorboard]'; config.tensorboard=False hides "
+                        "this line)"
+                    )
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as stream:
             stream.write(json.dumps(record, default=float) + "\n")
+        if self.tensorboard is not None and record.get("split") in SCALAR_SPLITS:
+            for tag, value in scalars(record).items():
+                self.tensorboard.add_scalar(tag, value, global_step=record["step"])
         if record.get("split") in ("test", "summary"):
             self.info(format_record(record))
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (metrics.jsonl is closed per write)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def info(self, message: str) -> None:
         if self.enabled:

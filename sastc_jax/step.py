@@ -27,6 +27,8 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from sastc_jax import calibration, losses, models
+from sastc_jax.models.layers import LIF
+from sastc_jax.models.registry import TAPS_NAME
 from sastc_jax.parallel import AXIS
 
 Array = jax.Array
@@ -54,7 +56,9 @@ def compute_dtype(config: ml_collections.ConfigDict):
 def make_optimizer(
     optim: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """SGD with momentum and coupled weight decay (as PyTorch's SGD) and its schedule."""
+    """SGD with momentum and coupled weight decay (as PyTorch's SGD) and its schedule,
+    after clipping the gradients' global norm to ``optim.clip_grad_norm`` when it is > 0
+    (as ``torch.nn.utils.clip_grad_norm_`` before the step)."""
     total_steps = optim.epochs * steps_per_epoch
     warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
     if optim.schedule == "step":
@@ -71,7 +75,12 @@ def make_optimizer(
         schedule = optax.join_schedules([warmup, main], [warmup_steps])
     else:
         schedule = main
+    # Clipping (off by default, as in the release) adds a link only when on: the default
+    # optimiser state and arithmetic stay those of the release.
+    clip = optim.get("clip_grad_norm", 0.0)
+    clipping = [optax.clip_by_global_norm(clip)] if clip else []
     tx = optax.chain(
+        *clipping,
         optax.add_decayed_weights(optim.weight_decay),
         optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov),
     )
@@ -191,15 +200,39 @@ def make_train_step(
     return jax.jit(sharded, donate_argnums=0)
 
 
+def _lif_outputs(tree: dict) -> list[Array]:
+    """The ``(T, B, ...)`` spikes of every LIF layer captured by ``capture_intermediates``."""
+    found = []
+    for key, value in tree.items():
+        if key == "__call__":
+            found.append(value[0])
+        elif isinstance(value, dict) and key != TAPS_NAME:
+            found.extend(_lif_outputs(value))
+    return found
+
+
+def _captures_lif(module: flax.linen.Module, method: str) -> bool:
+    return isinstance(module, LIF) and method == "__call__"
+
+
 def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
     """``eval_step(variables, batch) -> {'correct': (T,), 'count', 'loss_sum'}`` summed
-    over the whole mesh; masked (padding) examples count for nothing.
+    over the whole mesh; masked (padding) examples count for nothing. A spiking model
+    adds ``'spikes'`` and ``'neuron_steps'`` over all its LIF layers (their ratio is the
+    network's firing rate, as in :mod:`sastc_jax.analyze`).
 
     ``correct[t]`` counts hits of the mean logits over the first t+1 time steps.
     """
 
     def per_device(variables, batch):
-        logits = model.apply(variables, batch["image"], train=False)
+        logits, captured = model.apply(
+            variables,
+            batch["image"],
+            train=False,
+            capture_intermediates=_captures_lif,
+            mutable=["intermediates"],
+        )
+        spikes = _lif_outputs(captured.get("intermediates", {}))
         if logits.ndim == 2:  # ANN: one "time step"
             logits = logits[None]
         logits = logits.astype(jnp.float32)
@@ -213,6 +246,12 @@ def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
             "count": jnp.sum(mask),
             "loss_sum": jnp.sum(nll * mask),
         }
+        if spikes:  # per example: spikes over (T, neurons); neuron-steps T x neurons
+            sums["spikes"] = sum(
+                jnp.sum(jnp.sum(s.astype(jnp.float32), axis=(0, *range(2, s.ndim))) * mask)
+                for s in spikes
+            )
+            sums["neuron_steps"] = jnp.sum(mask) * sum(s.size // s.shape[1] for s in spikes)
         return jax.lax.psum(sums, AXIS)
 
     return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))

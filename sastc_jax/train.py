@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from sastc_jax import (
     calibration,
@@ -46,6 +47,11 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf in training; the last verified checkpoint is kept."""
 
 
+class ParameterNormGrowthError(NonFiniteLossError):
+    """The parameter norm grew past ``config.guards.max_param_norm_growth`` within one
+    logging interval; the last verified checkpoint is kept."""
+
+
 class Preempted(SystemExit):
     """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
 
@@ -64,12 +70,15 @@ def evaluate(eval_step: Callable, variables, dataset, mesh) -> dict[str, Any]:
             f"{dataset.num_examples}; the eval pipeline dropped or repeated some."
         )
     per_step = [float(c) / count for c in totals["correct"]]
-    return {
+    result = {
         "accuracy": per_step[-1],
         "accuracy_per_t": per_step,
         "loss": float(totals["loss_sum"]) / count,
         "count": count,
     }
+    if "spikes" in totals:  # a spiking model: spikes / (neurons x T) over all LIF layers
+        result["firing_rate"] = float(totals["spikes"]) / float(totals["neuron_steps"])
+    return result
 
 
 # --------------------------------------------------------------------------- building
@@ -392,6 +401,11 @@ class SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@jax.jit
+def global_norm(params) -> Array:
+    return optax.global_norm(params)
+
+
 def check_finite(step: int, parts: dict[str, float], last_checkpoint: int | None) -> None:
     """Raise NonFiniteLossError (divergence) unless every loss part is finite.
 
@@ -413,15 +427,80 @@ def check_finite(step: int, parts: dict[str, float], last_checkpoint: int | None
         )
 
 
+def check_param_norm_growth(
+    step: int,
+    param_norm: float,
+    reference: tuple[int, float] | None,
+    max_growth: float,
+    last_checkpoint: int | None,
+) -> None:
+    """Raise :class:`ParameterNormGrowthError` when ``param_norm`` exceeds ``max_growth``
+    times the norm at ``reference = (its step, its norm)``; ``max_growth = 0``: off."""
+    if not max_growth or reference is None:
+        return
+    reference_step, reference_norm = reference
+    if param_norm <= max_growth * reference_norm:
+        return
+    kept = (
+        f"the last verified checkpoint (step {last_checkpoint}) is kept"
+        if last_checkpoint is not None
+        else "no checkpoint had been verified yet"
+    )
+    raise ParameterNormGrowthError(
+        f"The parameter norm grew from {reference_norm:.6g} (step {reference_step}) to "
+        f"{param_norm:.6g} at step {step}: x{param_norm / reference_norm:.2f}, more than "
+        f"config.guards.max_param_norm_growth = {max_growth} within one logging interval; "
+        f"{kept}. Lower the learning rate or the loss weights (or set "
+        "config.*.optimizer.clip_grad_norm) and rerun."
+    )
+
+
+def calibration_ratio_warning(
+    parts: dict[str, float], weights: losses.LossWeights, max_ratio: float
+) -> str | None:
+    """The warning when ``beta * calibration`` exceeds ``max_ratio`` times ``gamma * CE``
+    (None when it does not, or when ``max_ratio`` is 0)."""
+    calibration_term = weights.beta * parts.get("calibration", 0.0)
+    ce_term = weights.gamma * parts["ce"]
+    if not max_ratio or calibration_term <= max_ratio * abs(ce_term):
+        return None
+    ratio = calibration_term / abs(ce_term) if ce_term else float("inf")
+    return (
+        f"warning: at the first step beta * calibration = {weights.beta:g} * "
+        f"{parts['calibration']:.6g} = {calibration_term:.6g} is {ratio:.1f}x the CE term "
+        f"(gamma * CE = {ce_term:.6g}), more than config.guards.max_calibration_ratio = "
+        f"{max_ratio:g}. The calibration term dominates the gradients: consider a lower "
+        "config.loss.beta or config.student.optimizer.clip_grad_norm."
+    )
+
+
 class TrainLog:
     """Per-step metrics of one stage, read one step late so dispatch stays asynchronous.
 
-    Every step's metrics are checked for non-finite values (the run stops with the step
-    and the loss parts), shown on the progress bar, and written every ``log_every`` steps.
+    Every step's metrics are checked for non-finite values and for the parameter norm
+    growing more than ``guards.max_param_norm_growth`` times since the last logging step
+    (the run stops with the step and the loss parts), shown on the progress bar, and
+    written at step 1 and every ``log_every`` steps. The first step's parts are also
+    printed, with a warning when its calibration term dwarfs the CE term
+    (``guards.max_calibration_ratio``; ``weights`` None: no calibration term).
     """
 
-    def __init__(self, logger: metrics.MetricsLogger, stage: Stage, log_every: int):
+    def __init__(
+        self,
+        logger: metrics.MetricsLogger,
+        stage: Stage,
+        log_every: int,
+        *,
+        guards: ml_collections.ConfigDict | None = None,
+        weights: losses.LossWeights | None = None,
+        initial_param_norm: tuple[int, float] | None = None,
+    ):
         self.logger, self.stage, self.log_every = logger, stage, log_every
+        self.max_growth = guards.max_param_norm_growth if guards is not None else 0.0
+        self.max_ratio = guards.max_calibration_ratio if guards is not None else 0.0
+        self.weights = weights
+        # (step, parameter norm) at the start of the current logging interval.
+        self.norm_reference = initial_param_norm
         self.pending = None
         self.progress = None
 
@@ -447,6 +526,11 @@ class TrainLog:
         values = {name: float(value) for name, value in jax.device_get(parts).items()}
         losses_only = {k: v for k, v in values.items() if k != "learning_rate"}
         check_finite(step, losses_only, last_checkpoint)
+        if step == 1:  # printed before the growth guard can stop a first-step blow-up
+            self.first_step(values)
+        check_param_norm_growth(
+            step, values["param_norm"], self.norm_reference, self.max_growth, last_checkpoint
+        )
         rate = self.epoch_images / max(time.perf_counter() - self.epoch_start, 1e-9)
         self.progress.update(1)
         self.progress.set_postfix(
@@ -454,6 +538,8 @@ class TrainLog:
             refresh=False,
         )
         if step % self.log_every == 0:
+            self.norm_reference = (step, values["param_norm"])
+        if step % self.log_every == 0 or step == 1:
             self.logger.write(
                 {
                     "stage": self.stage.name,
@@ -464,6 +550,18 @@ class TrainLog:
                     **values,
                 }
             )
+
+    def first_step(self, values: dict[str, float]) -> None:
+        """Print the first step's loss parts and warn when calibration dwarfs CE."""
+        shown = ("ce", "kd", "calibration", "loss", "grad_norm", "param_norm")
+        described = " ".join(f"{k}={values[k]:.6g}" for k in shown if k in values)
+        if self.norm_reference is not None:
+            described += f" (param_norm {self.norm_reference[1]:.6g} before it)"
+        self.logger.info(f"[{self.stage.name}] first step: {described}")
+        if self.weights is not None:
+            warning = calibration_ratio_warning(values, self.weights, self.max_ratio)
+            if warning:
+                self.logger.info(f"[{self.stage.name}] {warning}")
 
     def end_epoch(self, last_checkpoint: int | None) -> int:
         """Flush and close the bar; returns the images trained on this epoch."""
@@ -505,7 +603,6 @@ def run_stage(
     """
     steps = steps_per_epoch(config, stage.train_data)
     total_steps = stage.optim.epochs * steps
-    log = TrainLog(logger, stage, config.log_every_steps)
     splits = (stage.train_data, stage.validation_data, stage.eval_data)
     log_bad_examples(splits, workdir)
     start, images, last_eval = time.perf_counter(), 0, None
@@ -522,6 +619,16 @@ def run_stage(
             state = resumed.state.replace(batch_stats=stats)
             logger.info(f"[{stage.name}] resumed from step {resumed.step} in {resumed.path}")
         step = int(jax.device_get(state.step))
+        calibrated = stage.name == "student" and config.method in losses.CALIBRATED_METHODS
+        log = TrainLog(
+            logger,
+            stage,
+            config.log_every_steps,
+            guards=config.guards,
+            weights=losses.LossWeights(**config.loss.to_dict()) if calibrated else None,
+            # Computed once here; every step returns its own norm from the jitted step.
+            initial_param_norm=(step, float(jax.device_get(global_norm(state.params)))),
+        )
         best = ckpts.best()
         best_metrics = best[1] if best else None
 

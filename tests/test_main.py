@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from event_files import read_scalars
 from processes import REPO, environment
 
 from sastc_jax.checkpointing import CHECKSUMS
@@ -252,6 +254,95 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(teacher_workdir, tm
     step, state = latest_state(tmp_path / "student")
     assert step == 2
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_first_step_and_tensorboard_scalars_of_a_two_step_run(teacher_workdir):
+    first = [r for r in read_metrics(teacher_workdir) if r["split"] == "train"]
+    assert [(r["stage"], r["step"]) for r in first] == [("teacher", 1), ("student", 1)]
+    assert all(np.isfinite(first[1][k]) for k in ("ce", "kd", "calibration", "loss"))
+    pytest.importorskip("tensorboardX")
+    scalars = read_scalars(teacher_workdir / "tensorboard")
+    common = ("loss", "accuracy", "learning_rate", "images_per_second", "param_norm")
+    for record, parts in zip(first, [("ce",), ("ce", "kd", "calibration")], strict=True):
+        for name in (*parts, *common):
+            tag = f"{record['stage']}/train/{name}"
+            assert scalars[tag] == [(1, pytest.approx(record[name], rel=1e-6))], tag
+    (test,) = [r for r in read_metrics(teacher_workdir) if r["split"] == "test"][1:]
+    for name in ("accuracy_t1", "accuracy_t2", "loss", "firing_rate"):
+        assert [step for step, _ in scalars[f"student/test/{name}"]] == [2], name
+    assert scalars["student/test/firing_rate"][0][1] == pytest.approx(test["firing_rate"])
+    assert 0 < test["firing_rate"] < 1
+    assert "teacher/test/accuracy_t1" in scalars and "teacher/test/firing_rate" not in scalars
+
+
+def test_a_parameter_norm_blow_up_stops_and_keeps_the_last_checkpoint(teacher_workdir, tmp_path):
+    # The fixture's teacher stage: 2 good steps, checkpoint at step 2.
+    shutil.copytree(teacher_workdir / "teacher", tmp_path / "teacher")
+    # A second epoch at a learning rate that multiplies the norm yet stays finite.
+    completed = cli(
+        tmp_path,
+        "--config.stage=teacher",
+        "--config.teacher.optimizer.epochs=2",
+        "--config.teacher.optimizer.learning_rate=1000",
+    )
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    assert re.search(
+        r"error: The parameter norm grew from [\d.]+ \(step 2\) to [\d.e+]+ at step 3: x[\d.e+]+, "
+        r"more than config.guards.max_param_norm_growth",
+        completed.stderr,
+    ), completed.stderr[-3000:]
+    assert "the last verified checkpoint (step 2) is kept" in completed.stderr
+    assert latest_state(tmp_path / "teacher")[0] == 2
+
+
+@pytest.mark.slow  # about a minute on 2 cores
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path):
+    first = cli(tmp_path, "--config.stage=teacher", wait=False, step_seconds=4.0)
+    lock = tmp_path / ".lock"
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        if lock.exists() and lock.read_text():
+            break
+        time.sleep(0.05)
+    second = cli(tmp_path, "--config.stage=teacher")
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 1, second.stderr[-3000:]
+    holder = f"host {socket.gethostname()}, pid {first.pid}, started "
+    assert f"error: {tmp_path} is in use by another run ({holder}" in second.stderr
+    assert f"command: {sys.executable} {REPO / 'tests' / 'mock_main.py'}" in second.stderr
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output[-3000:]
+    summaries = [r for r in read_metrics(tmp_path) if r["split"] == "summary"]
+    assert [(s["stage"], s["step"]) for s in summaries] == [("teacher", 2)]  # the first's only
+    verified = verify_command(tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.slow  # about a minute on 2 cores
+def test_a_run_killed_with_sigkill_leaves_no_lock_that_blocks(tmp_path):
+    args = ["--config.stage=teacher", "--config.checkpoint_every_steps=1"]
+    process = cli(tmp_path, *args, wait=False, step_seconds=1.0)
+    latest = tmp_path / "teacher" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if list(latest.glob(f"*/{CHECKSUMS}")):  # step 1 saved and checksummed
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == process.pid  # left behind
+
+    rerun = cli(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (
+        f"warning: taking over a stale workdir lock left by host {socket.gethostname()}, "
+        f"pid {process.pid}, started "
+    ) in rerun.stderr
+    assert "that process is dead (killed?)" in rerun.stderr
+    assert re.search(r"\[teacher\] resumed from step [12] ", rerun.stderr), rerun.stderr[-3000:]
+    verified = verify_command(tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_no_intact_checkpoint_is_reported(tmp_path):
