@@ -161,3 +161,22 @@ def test_dataset_source_must_be_a_reader_of_the_dataset():
         configuration.validate(config, device_count=1)
     config.dataset.source = "cifar_python"
     configuration.validate(config, device_count=1)
+
+
+def test_loss_options_default_to_the_paper_and_are_validated():
+    config = configuration.base_config()
+    assert config.loss.kd_target == "mean"
+    assert config.loss.attention_scale == 1.0 and config.loss.learn_attention_scale is False
+    config.loss.kd_target = "every_step"
+    with pytest.raises(ValueError, match=r"config\.loss\.kd_target = 'every_step'.*mean, per_step"):
+        configuration.validate(config)
+    config.loss.kd_target = "per_step"
+    configuration.validate(config)
+    for bad in (0.0, -1.0, float("inf")):
+        config.loss.attention_scale = bad
+        with pytest.raises(
+            ValueError, match=r"config\.loss\.attention_scale = .* a finite number > 0"
+        ):
+            configuration.validate(config)
+    config.loss.attention_scale = 8.0
+    configuration.validate(config)
