@@ -775,6 +775,14 @@ def run(
     mesh = parallel.make_mesh()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if train_runs and "sweeps" not in phases and {"table", "doubling"} & set(phases):
+        finished = run_sweeps(config, workdir, mesh, rows_config, train_runs=False)
+        if not sweeps_complete(config, finished):
+            raise ValueError(
+                f"The table and doubling runs use the sweeps' choices, and a sweep of "
+                f"config.compare has not finished in {workdir}: run the phase 'sweeps' first "
+                "(--phases=sweeps, or all phases)."
+            )
     if train_runs:
         teacher = train_teacher(config, workdir, mesh)
     else:

@@ -334,3 +334,13 @@ def test_compare_configs_load_and_every_row_validates(name, tmp_path):
         800.0,
     )
     assert optim.decay_epochs[-1] < optim.epochs
+
+
+def test_table_without_finished_sweeps_is_refused(tmp_path):
+    config = tiny_config(tmp_path)
+    config.compare.learning_rate_sweep.candidates = (0.05, 0.1)
+    with pytest.raises(ValueError, match=r"run the phase 'sweeps' first"):
+        compare.run(config, tmp_path / "compare", phases=("table",))
+    assert not (tmp_path / "compare" / "teacher").exists()  # refused before any training
+    with pytest.raises(ValueError, match=r"Unknown phases \['tables'\]"):
+        compare.run(config, tmp_path / "compare", phases=("tables",))
