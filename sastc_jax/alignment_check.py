@@ -1,6 +1,7 @@
 """Does the attention find the right layers? A planted-alignment experiment.
 
     python -m sastc_jax.alignment_check [--steps N] [--seed S ...] [--output DIR]
+        [--attention-scale S] [--learn-attention-scale]
 
 Teacher taps are fixed random features (random 3x3 convolution, standardised, ReLU)
 of synthetic inputs, with the ResNet-19 tap pattern scaled down (16x16x8, 8x8x16,
@@ -37,7 +38,12 @@ is only possible when a single teacher tap is the target everywhere. A pairing t
 changes with t targets at least two teacher taps, which caps the weight every planted
 pair can get at once at ~0.706; targeting all three (as the default pairing does)
 caps it at e / (e + 2 e^-1/2) ~= 0.691 (keys 120 degrees apart).
-:func:`attention_ceiling` solves for this bound for a given pairing.
+:func:`attention_ceiling` solves for this bound for a given pairing; the report gives
+each planted weight as a fraction of it (the ceiling bounds the smallest planted weight,
+so one pair alone can exceed it, up to 0.787 at K = 3). With an attention scale s (SPEC §3b, logits
+``s * <q, k>``; ``--attention-scale``, learned with ``--learn-attention-scale``) the
+logits lie in [-s, s] and the bound rises towards 1: it is reported for the scale
+the run starts from.
 """
 
 from __future__ import annotations
@@ -198,7 +204,12 @@ def planted_attention(attention: Array, pairing: Sequence[Sequence[int]]) -> np.
 
 
 def attention_ceiling(
-    pairing: Sequence[Sequence[int]], num_teacher: int, *, restarts: int = 8, steps: int = 1500
+    pairing: Sequence[Sequence[int]],
+    num_teacher: int,
+    *,
+    scale: float = 1.0,
+    restarts: int = 8,
+    steps: int = 1500,
 ) -> float:
     """The largest planted weight one sample's attention can give every planted pair.
 
@@ -207,7 +218,8 @@ def attention_ceiling(
     planted teacher tap, the smallest planted softmax weight (gradient ascent on a
     soft minimum from several random starts; the exact minimum is returned). With
     K = 3: one distinct target gives e / (e + 2/e) ~= 0.787, two give ~0.706, three
-    give e / (e + 2 e^-1/2) ~= 0.691 (keys 120 degrees apart).
+    give e / (e + 2 e^-1/2) ~= 0.691 (keys 120 degrees apart). ``scale`` multiplies the
+    logits (SPEC §3b).
     """
     targets = jnp.asarray(sorted({j for row in pairing for j in row}))
     optimizer = optax.adam(0.02)
@@ -217,7 +229,7 @@ def attention_ceiling(
 
     def planted_weights(vectors):
         keys, queries = unit(vectors["keys"]), unit(vectors["queries"])
-        weights = jax.nn.softmax(queries @ keys.T, axis=-1)
+        weights = jax.nn.softmax(scale * (queries @ keys.T), axis=-1)
         return weights[jnp.arange(len(targets)), targets]
 
     def soft_min_loss(vectors):
@@ -253,8 +265,13 @@ def train_calibration(
     learning_rate: float = 3e-3,
     eval_every: int = 25,
     eval_batches: int = 4,
+    attention_scale: float = 1.0,
+    learn_attention_scale: bool = False,
 ) -> dict:
     """Train only the calibration module on fresh planted batches; track planted attention.
+
+    ``attention_scale`` / ``learn_attention_scale`` are the :class:`Calibration` options
+    (SPEC §3b); a learned scale's final value is returned as ``scale``.
 
     Returns a dict with ``history`` (``[(step, planted (T, S))]``, every ``eval_every``
     steps and at 0), ``start`` and ``end`` attention ``(T', E*B, S, K)`` on the E
@@ -265,13 +282,18 @@ def train_calibration(
     problem_key, init_key, train_key, eval_key = jax.random.split(jax.random.key(seed), 4)
     sample = make_tap_sampler(problem, problem_key)
     held_out = [sample(key) for key in jax.random.split(eval_key, eval_batches)]
-    module = calibration_module(*held_out[0], method=method)
-    params = init_calibration(init_key, *held_out[0], method=method)["params"]
+    scale_options = dict(
+        attention_scale=attention_scale, learn_attention_scale=learn_attention_scale
+    )
+    module = calibration_module(*held_out[0], method=method, **scale_options)
+    params = init_calibration(init_key, *held_out[0], method=method, **scale_options)["params"]
     optimizer = optax.adam(learning_rate)
     opt_state = optimizer.init(params)
 
     def loss_fn(params, student, teacher):
-        return calibration_loss({"params": params}, student, teacher, method=method)
+        return calibration_loss(
+            {"params": params}, student, teacher, method=method, **scale_options
+        )
 
     @jax.jit
     def train_step(params, opt_state, key):
@@ -309,6 +331,7 @@ def train_calibration(
         "errors": errors,
         "loss": float(loss),
         "seconds": seconds,
+        "scale": float(np.exp(params["log_scale"])) if "log_scale" in params else attention_scale,
     }
 
 
@@ -328,13 +351,16 @@ def run_check(
     methods: Sequence[str] = ("sastc", "spatial"),
     level: float = 0.7,
     learning_rate: float = 3e-3,
+    attention_scale: float = 1.0,
+    learn_attention_scale: bool = False,
 ) -> dict:
     """Train every method on every seed; summarise planted attention against chance and ceiling.
 
     Returns a JSON-ready dict: the set-up, ``chance`` (1/K), ``ceiling``
     (:func:`attention_ceiling`), and per method per seed the planted attention at the
     start and end ``(T, S)``, the first step at or above ``level``, the end regression
-    errors ``(T', S, K)``, the planted attention history and the seconds; plus
+    errors ``(T', S, K)``, the planted attention history, the seconds and the final
+    attention ``scale``; plus
     ``attention`` (seed ``seeds[0]``'s start and end arrays, for the figure; not JSON).
     """
     num_teacher = len(problem.teacher_shapes)
@@ -344,7 +370,9 @@ def run_check(
         "learning_rate": learning_rate,
         "level": level,
         "chance": 1.0 / num_teacher,
-        "ceiling": attention_ceiling(problem.pairing, num_teacher),
+        "ceiling": attention_ceiling(problem.pairing, num_teacher, scale=attention_scale),
+        "attention_scale": attention_scale,
+        "learn_attention_scale": learn_attention_scale,
         "methods": {},
     }
     attention = {}
@@ -352,7 +380,13 @@ def run_check(
         runs = []
         for seed in seeds:
             result = train_calibration(
-                problem, method, steps=steps, seed=seed, learning_rate=learning_rate
+                problem,
+                method,
+                steps=steps,
+                seed=seed,
+                learning_rate=learning_rate,
+                attention_scale=attention_scale,
+                learn_attention_scale=learn_attention_scale,
             )
             runs.append(
                 {
@@ -363,6 +397,7 @@ def run_check(
                     "errors": result["errors"].tolist(),
                     "history": [[step, planted.tolist()] for step, planted in result["history"]],
                     "seconds": result["seconds"],
+                    "scale": result["scale"],
                 }
             )
             if seed == seeds[0]:
@@ -375,12 +410,20 @@ def format_report(summary: dict) -> str:
     """Planted attention per (t, student tap) and method: mean (min) over seeds, first steps."""
     pairing = summary["problem"]["pairing"]
     methods = summary["methods"]
+    ceiling = summary["ceiling"]
+    scale = summary.get("attention_scale", 1.0)
+    scale_text = f"attention scale {scale:g}" + (
+        " (learned from there)" if summary.get("learn_attention_scale") else ""
+    )
     lines = [
-        f"chance {summary['chance']:.3f}, ceiling for this pairing {summary['ceiling']:.3f}, "
-        f"level {summary['level']}; {summary['steps']} steps, "
+        f"chance {summary['chance']:.3f}, ceiling for this pairing {ceiling:.3f} at "
+        f"scale {scale:g}, level {summary['level']}; {scale_text}; {summary['steps']} steps, "
         f"seeds {[run['seed'] for run in next(iter(methods.values()))]}",
         "t  student  planted teacher  "
-        + "  ".join(f"{m + ' end mean (min)':>22} {m + ' first step':>18}" for m in methods),
+        + "  ".join(
+            f"{m + ' end mean (min)':>22} {'/ ceiling':>10} {m + ' first step':>18}"
+            for m in methods
+        ),
     ]
     for t, row in enumerate(pairing):
         for i, j in enumerate(row):
@@ -388,8 +431,11 @@ def format_report(summary: dict) -> str:
             for runs in methods.values():
                 ends = [run["end"][t][i] for run in runs]
                 firsts = [run["first_step_above_level"][t][i] for run in runs]
+                # The ceiling is that of the starting scale: no fraction for a learned one.
+                learned = summary.get("learn_attention_scale")
+                fraction = "" if learned else f"{np.mean(ends) / ceiling:.3f}"
                 cells.append(
-                    f"{np.mean(ends):>15.3f} ({min(ends):.3f})"
+                    f"{np.mean(ends):>15.3f} ({min(ends):.3f}) {fraction:>10}"
                     f" {','.join(str(f) if f >= 0 else '-' for f in firsts):>18}"
                 )
             lines.append(f"{t + 1:<2} {i:<8} {j:<16} " + "  ".join(cells))
@@ -398,6 +444,9 @@ def format_report(summary: dict) -> str:
         lines.append(
             f"{method}: training seconds per seed {', '.join(f'{s:.1f}' for s in seconds)}"
         )
+        if summary.get("learn_attention_scale"):
+            scales = ", ".join(f"{run['scale']:.2f}" for run in runs)
+            lines.append(f"{method}: learned attention scale at the end per seed {scales}")
     return "\n".join(lines)
 
 
@@ -409,6 +458,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument(
         "--method", nargs="+", default=["sastc", "spatial"], choices=["sastc", "spatial"]
+    )
+    parser.add_argument(
+        "--attention-scale",
+        type=float,
+        default=1.0,
+        help="attention logits scale * <q, k> (SPEC 3b; 1 = the paper)",
+    )
+    parser.add_argument(
+        "--learn-attention-scale",
+        action="store_true",
+        help="learn the scale (log-parametrised), starting at --attention-scale",
     )
     parser.add_argument(
         "--threshold",
@@ -430,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seeds=args.seed,
         methods=args.method,
         learning_rate=args.learning_rate,
+        attention_scale=args.attention_scale,
+        learn_attention_scale=args.learn_attention_scale,
     )
     print(format_report(summary))
     if args.output:

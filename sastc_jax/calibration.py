@@ -23,6 +23,7 @@ uniform in +-1/sqrt(fan_in), batch norm scale 1 and bias 0.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -222,6 +223,9 @@ class Calibration(nn.Module):
       dtype: compute dtype of the regressor convolutions.
       remat: recompute each regressor group's activations in the backward pass
         instead of keeping them (less memory, the same numbers).
+      attention_scale: ``s`` in ``softmax_j(s * <q, k>)`` (SPEC §3b); 1 = the paper.
+      learn_attention_scale: learn ``s`` (positive, as the parameter ``log_scale``
+        initialised to ``log(attention_scale)``); off, the module has no such parameter.
 
     ``__call__(student_taps, teacher_taps)`` returns ``(loss, attention)`` with
     attention ``(T', B, S, K)``; T' = T for ``sastc``/``layerwise``, 1 for ``spatial``.
@@ -234,6 +238,8 @@ class Calibration(nn.Module):
     embed_dim: int | None = None
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    attention_scale: float = 1.0
+    learn_attention_scale: bool = False
 
     def pairs(self) -> list[tuple[int, int]]:
         """The (student, teacher) tap pairs that get a regressor."""
@@ -247,17 +253,29 @@ class Calibration(nn.Module):
         validate_calibration(
             self.student_shapes, self.teacher_shapes, self.batch_size, self.method, self.embed_dim
         )
+        validate_attention_scale(self.attention_scale)
         embed_dim = self.embed_dim or self.batch_size // 4
         if self.method != "layerwise":
             self.query_mlps = [EmbeddingMLP(embed_dim) for _ in self.student_shapes]
             self.key_mlps = [EmbeddingMLP(embed_dim) for _ in self.teacher_shapes]
+            if self.learn_attention_scale:
+                initial = math.log(self.attention_scale)
+                self.log_scale = self.param(
+                    "log_scale", lambda _: jnp.asarray(initial, jnp.float32)
+                )
         self.regressors = {
             f"{i}_{j}": Regressor(self.teacher_shapes[j][-1], dtype=self.dtype)
             for i, j in self.pairs()
         }
 
+    def scale(self) -> Array | float:
+        """The attention scale ``s``: ``exp(log_scale)`` when learned, else the fixed one."""
+        if self.learn_attention_scale and self.method != "layerwise":
+            return jnp.exp(self.log_scale)
+        return self.attention_scale
+
     def attention(self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]) -> Array:
-        """Attention ``alpha`` of shape ``(T, B, S, K)``, softmax over the teacher axis."""
+        """Attention ``alpha`` of shape ``(T, B, S, K)``: ``softmax_j(s * <q, k>)``."""
         steps, batch = student_taps[0].shape[:2]
         num_student, num_teacher = len(student_taps), len(teacher_taps)
         if self.method == "layerwise":
@@ -278,6 +296,8 @@ class Calibration(nn.Module):
             axis=1,
         )  # (B, K, d)
         logits = jnp.einsum("tbsd,bkd->tbsk", queries, keys)
+        if self.learn_attention_scale or self.attention_scale != 1.0:  # 1: the paper's numbers
+            logits = self.scale() * logits
         return jax.nn.softmax(logits, axis=-1)
 
     def pair_errors(self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]) -> Array:
@@ -366,6 +386,19 @@ def validate_calibration(
         raise ValueError(f"embed_dim must be >= 1; got {embed_dim}.")
 
 
+def validate_attention_scale(scale: float) -> None:
+    """Raise ``ValueError`` unless the attention scale is a finite positive number."""
+    try:
+        valid = math.isfinite(float(scale)) and float(scale) > 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"The attention scale must be a finite number > 0 (1 = the paper's unscaled "
+            f"cosines); got {scale!r}."
+        )
+
+
 def check_taps(student_taps, teacher_taps, student_shapes, teacher_shapes, batch_size) -> None:
     """Check tap ranks, counts, per-tap shapes and the batch against the module."""
     if len(student_taps) != len(student_shapes) or len(teacher_taps) != len(teacher_shapes):
@@ -404,6 +437,8 @@ def calibration_module(
     embed_dim: int | None = None,
     dtype: jnp.dtype = jnp.float32,
     remat: bool = False,
+    attention_scale: float = 1.0,
+    learn_attention_scale: bool = False,
 ) -> Calibration:
     """The :class:`Calibration` module matching these taps (batch from the student taps)."""
     return Calibration(
@@ -414,6 +449,8 @@ def calibration_module(
         embed_dim=embed_dim,
         dtype=dtype,
         remat=remat,
+        attention_scale=attention_scale,
+        learn_attention_scale=learn_attention_scale,
     )
 
 
@@ -424,12 +461,22 @@ def init_calibration(
     *,
     method: str = "sastc",
     embed_dim: int | None = None,
+    attention_scale: float = 1.0,
+    learn_attention_scale: bool = False,
 ) -> dict:
     """Initialise the calibration variables for taps of these shapes.
 
-    Only shapes are read (``jax.ShapeDtypeStruct`` works too); returns ``{'params': ...}``.
+    Only shapes are read (``jax.ShapeDtypeStruct`` works too); returns ``{'params': ...}``
+    (with a ``log_scale`` parameter only when ``learn_attention_scale``).
     """
-    module = calibration_module(student_taps, teacher_taps, method=method, embed_dim=embed_dim)
+    module = calibration_module(
+        student_taps,
+        teacher_taps,
+        method=method,
+        embed_dim=embed_dim,
+        attention_scale=attention_scale,
+        learn_attention_scale=learn_attention_scale,
+    )
     student = [jnp.zeros(tap.shape, jnp.float32) for tap in student_taps]
     teacher = [jnp.zeros(tap.shape, jnp.float32) for tap in teacher_taps]
     return module.init(rng, student, teacher)
@@ -443,6 +490,8 @@ def calibration_loss(
     method: str = "sastc",
     embed_dim: int | None = None,
     dtype: jnp.dtype = jnp.float32,
+    attention_scale: float = 1.0,
+    learn_attention_scale: bool = False,
 ) -> tuple[Array, Array]:
     """The SASTC loss as a pure function.
 
@@ -451,6 +500,8 @@ def calibration_loss(
       student_taps: S arrays ``(T, B, H_i, W_i, C_i)``.
       teacher_taps: K arrays ``(B, H_j, W_j, C_j)``; no gradient flows into them.
       method: ``'sastc'`` | ``'spatial'`` | ``'layerwise'``.
+      attention_scale, learn_attention_scale: as :class:`Calibration` (SPEC §3b); a
+        learned scale is read from ``variables`` (``log_scale``).
 
     Returns:
       ``(loss, attention)``: the scalar ``L_sastc`` of SPEC §3.5 and the attention
@@ -459,7 +510,13 @@ def calibration_loss(
       so there is no state to update.
     """
     module = calibration_module(
-        student_taps, teacher_taps, method=method, embed_dim=embed_dim, dtype=dtype
+        student_taps,
+        teacher_taps,
+        method=method,
+        embed_dim=embed_dim,
+        dtype=dtype,
+        attention_scale=attention_scale,
+        learn_attention_scale=learn_attention_scale,
     )
     return module.apply(variables, student_taps, teacher_taps)
 

@@ -123,6 +123,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict(
         dict(gamma=1.0, alpha_kd=1.0, beta=800.0, temperature=4.0)
     )
+    # SPEC §3b, off by default: KD on every time step's logits ('per_step') instead of
+    # the time-mean ('mean'); attention logits scale * <q, k>, the scale fixed or learned.
+    config.loss.kd_target = "mean"
+    config.loss.attention_scale = 1.0
+    config.loss.learn_attention_scale = False
     config.calibration = ml_collections.ConfigDict(dict(embed_dim=0))  # 0 = B // 4
     # Blow-ups that stay finite (train.TrainLog; README "Guards against a blow-up").
     config.guards = ml_collections.ConfigDict(
@@ -194,6 +199,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
         raise ValueError(
             f"config.dataset.validation_fraction = {config.dataset.validation_fraction}; "
             "allowed: 0 (no validation split) or a share in (0, 1)."
+        )
+    choice("loss.kd_target", config.loss.get("kd_target", "mean"), losses.KD_TARGETS)
+    scale = config.loss.get("attention_scale", 1.0)
+    if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        raise ValueError(
+            f"config.loss.attention_scale = {scale!r}; allowed: a finite number > 0 "
+            "(1 = the paper's unscaled attention)."
         )
     if config.time_steps < 1:
         raise ValueError(f"config.time_steps = {config.time_steps}; an SNN needs T >= 1.")

@@ -15,15 +15,19 @@ import optax
 Array = jax.Array
 METHODS = ("ce", "kd", "layerwise", "spatial", "sastc")
 CALIBRATED_METHODS = ("layerwise", "spatial", "sastc")
+# What the KD term distils (SPEC §3b): the time-mean logits (the paper) or every step's.
+KD_TARGETS = ("mean", "per_step")
 
 
 class LossWeights(NamedTuple):
-    """``L = gamma * CE + alpha_kd * KD + beta * L_calibration``; ``temperature`` is tau_kd."""
+    """``L = gamma * CE + alpha_kd * KD + beta * L_calibration``; ``temperature`` is tau_kd;
+    ``kd_target`` is one of :data:`KD_TARGETS` (see :func:`kd_loss`)."""
 
     gamma: float = 1.0
     alpha_kd: float = 1.0
     beta: float = 800.0
     temperature: float = 4.0
+    kd_target: str = "mean"
 
 
 def cross_entropy(student_logits: Array, labels: Array) -> Array:
@@ -32,18 +36,30 @@ def cross_entropy(student_logits: Array, labels: Array) -> Array:
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(mean_logits, labels))
 
 
-def kd_loss(student_logits: Array, teacher_logits: Array, temperature: float = 4.0) -> Array:
-    """``tau^2 * mean_b KL(softmax(z_a / tau) || softmax(z_bar / tau))``.
+def kd_loss(
+    student_logits: Array, teacher_logits: Array, temperature: float = 4.0, target: str = "mean"
+) -> Array:
+    """Logit distillation, ``student_logits`` ``(T, B, K)``, ``teacher_logits`` ``(B, K)``.
 
-    ``student_logits`` ``(T, B, K)`` (averaged over T here), ``teacher_logits`` ``(B, K)``.
+    - ``target='mean'`` (SPEC §3.6): ``tau^2 * mean_b KL(softmax(z_a/tau) || softmax(z_bar/tau))``
+      of the time-mean logits ``z_bar``;
+    - ``target='per_step'`` (SPEC §3b): ``tau^2 * (1/T) sum_t mean_b KL(softmax(z_a/tau) ||
+      softmax(z_t/tau))``, every time step distilled on its own.
+
+    The two agree at T = 1.
     """
-    mean_logits = jnp.mean(student_logits.astype(jnp.float32), axis=0)
-    student_log_probs = jax.nn.log_softmax(mean_logits / temperature, axis=-1)
+    if target not in KD_TARGETS:
+        raise ValueError(f"Unknown KD target {target!r}; choose one of {KD_TARGETS}.")
+    logits = student_logits.astype(jnp.float32)
+    if target == "mean":
+        logits = jnp.mean(logits, axis=0)  # (B, K)
+    student_log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
     teacher_log_probs = jax.nn.log_softmax(
         jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1
     )
+    teacher_log_probs = jnp.broadcast_to(teacher_log_probs, student_log_probs.shape)
     kl = optax.losses.kl_divergence_with_log_targets(student_log_probs, teacher_log_probs)
-    return temperature**2 * jnp.mean(kl)
+    return temperature**2 * jnp.mean(kl)  # the mean over B (and over T for 'per_step')
 
 
 def total_loss(
@@ -58,7 +74,8 @@ def total_loss(
     """The training objective of ``method`` and its parts.
 
     - ``ce``: ``gamma * CE``;
-    - ``kd``: ``+ alpha_kd * KD`` (needs ``teacher_logits``);
+    - ``kd``: ``+ alpha_kd * KD`` (needs ``teacher_logits``; ``weights.kd_target`` says
+      which logits it distils, :func:`kd_loss`);
     - ``layerwise`` / ``spatial`` / ``sastc``: ``+ beta * calibration`` (needs the
       calibration loss from :func:`sastc_jax.calibration.calibration_loss`).
 
@@ -73,7 +90,9 @@ def total_loss(
     if method != "ce":
         if teacher_logits is None:
             raise ValueError(f"Method {method!r} distils from a teacher: pass teacher_logits.")
-        parts["kd"] = kd_loss(student_logits, teacher_logits, weights.temperature)
+        parts["kd"] = kd_loss(
+            student_logits, teacher_logits, weights.temperature, weights.kd_target
+        )
         loss = loss + weights.alpha_kd * parts["kd"]
     if method in CALIBRATED_METHODS:
         if calibration is None:

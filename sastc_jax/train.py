@@ -278,8 +278,16 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
             embed_dim=config.calibration.embed_dim or None,
             dtype=step_lib.compute_dtype(config),
             remat=config.get("remat", False),
+            attention_scale=config.loss.get("attention_scale", 1.0),
+            learn_attention_scale=config.loss.get("learn_attention_scale", False),
         )
-    weights = losses.LossWeights(**config.loss.to_dict())
+    weights = losses.LossWeights(
+        **{
+            field: config.loss[field]
+            for field in losses.LossWeights._fields
+            if field in config.loss
+        }
+    )
     objective = step_lib.student_objective(student, teacher, calibrator, config.method, weights)
     return Distillation(student, teacher, calibrator, objective, taps)
 

@@ -67,6 +67,31 @@ def test_attention_ceiling_matches_the_closed_forms():
     three_targets = alignment_check.attention_ceiling(((1, 2, 0), (2, 0, 0)), 3)
     assert one_target == pytest.approx(e / (e + 2 / e), abs=2e-3)
     assert three_targets == pytest.approx(e / (e + 2 * e**-0.5), abs=2e-3)
+    # Logits s * <q, k> (SPEC §3b): keys 120 degrees apart give e^s / (e^s + 2 e^(-s/2)).
+    scaled = alignment_check.attention_ceiling(((1, 2, 0), (2, 0, 0)), 3, scale=3.0)
+    assert scaled == pytest.approx(e**3 / (e**3 + 2 * e**-1.5), abs=2e-3)
+
+
+def test_report_gives_planted_weights_as_fractions_of_the_ceiling():
+    run = {"seed": 0, "end": [[0.5, 0.6]], "first_step_above_level": [[-1, 25]], "seconds": 1.0}
+    summary = {
+        "problem": {"pairing": [[1, 0]]},
+        "methods": {"sastc": [run]},
+        "chance": 0.5,
+        "ceiling": 0.8,
+        "level": 0.7,
+        "steps": 10,
+        "attention_scale": 1.0,
+        "learn_attention_scale": False,
+    }
+    lines = alignment_check.format_report(summary).splitlines()
+    assert lines[2].split()[3:6] == ["0.500", "(0.500)", "0.625"]  # 0.5 / 0.8
+    assert lines[3].split()[3:6] == ["0.600", "(0.600)", "0.750"]
+    learned = alignment_check.format_report(
+        summary | {"learn_attention_scale": True, "methods": {"sastc": [run | {"scale": 3.5}]}}
+    )
+    assert "learned attention scale at the end per seed 3.50" in learned
+    assert "0.625" not in learned  # no fraction of the starting scale's ceiling
 
 
 @pytest.mark.slow  # about 1 minute on 2 cores
@@ -93,3 +118,17 @@ def test_fast_check_recovers_the_planted_pairs(tmp_path, capsys):
     errors = np.array(run["errors"])
     for t, row in enumerate(pairing):
         assert [int(np.argmin(errors[t, i])) for i in range(len(row))] == list(row)
+
+
+@pytest.mark.slow  # about 2 minutes on 2 shared cores
+def test_learned_attention_scale_puts_every_planted_weight_above_0_9(tmp_path, capsys):
+    """With the attention scale learned from 1 (SPEC §3b), seed 0's planted weight is
+    >= 0.9 at every (t, student tap), above the 0.691 joint ceiling of unit cosines."""
+    summary = alignment_check.main(
+        ["--steps", "600", "--seed", "0", "--method", "sastc", "--learn-attention-scale"]
+    )
+    out = capsys.readouterr().out
+    assert "attention scale 1 (learned from there)" in out
+    (run,) = summary["methods"]["sastc"]
+    assert np.array(run["end"]).min() >= 0.9
+    assert run["scale"] > 2.0  # the scale grew: the bound at scale 1 is 0.691

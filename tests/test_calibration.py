@@ -279,3 +279,86 @@ def test_initialised_as_the_release_with_pytorch_defaults():
         checked += 1
     # 2 key + 2 query MLPs (4 params each), 4 regressors (2 kernels + BN scale/bias each).
     assert checked == 4 * 4 + 4 * 4
+
+
+# ---- attention scale (SPEC §3b) -----------------------------------------------------
+
+
+def test_default_scale_adds_no_parameter_and_changes_no_number():
+    student, teacher = make_taps()
+    default = init_calibration(jax.random.key(0), student, teacher)
+    explicit = init_calibration(
+        jax.random.key(0), student, teacher, attention_scale=1.0, learn_attention_scale=False
+    )
+    assert "log_scale" not in default["params"]
+    jax.tree.map(np.testing.assert_array_equal, default, explicit)
+    variables = randomise(default)
+    for got, want in zip(
+        calibration_loss(variables, student, teacher, attention_scale=1.0),
+        calibration_loss(variables, student, teacher),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fixed_scale_multiplies_the_logits_and_sharpens_the_softmax():
+    student, teacher = make_taps()
+    variables = randomise(init_calibration(jax.random.key(0), student, teacher))
+    _, plain = calibration_loss(variables, student, teacher)
+    _, scaled = calibration_loss(variables, student, teacher, attention_scale=4.0)
+    # log alpha_j - log alpha_0 is the logit difference: it scales by exactly s.
+    plain_log, scaled_log = np.log(np.asarray(plain, np.float64)), np.log(np.asarray(scaled))
+    np.testing.assert_allclose(
+        scaled_log - scaled_log[..., :1], 4.0 * (plain_log - plain_log[..., :1]), atol=1e-4
+    )
+    assert np.all(scaled.max(-1) >= plain.max(-1) - 1e-6)
+
+    def entropy(a):
+        return -np.sum(a * np.log(a), axis=-1).mean()
+
+    assert entropy(np.asarray(scaled)) < entropy(np.asarray(plain)) - 0.05
+
+
+def test_learned_scale_is_a_log_parameter_with_the_analytic_gradient():
+    student, teacher = make_taps()
+    module_kwargs = dict(attention_scale=3.0, learn_attention_scale=True)
+    variables = init_calibration(jax.random.key(0), student, teacher, **module_kwargs)
+    assert float(variables["params"]["log_scale"]) == pytest.approx(math.log(3.0))
+    variables = randomise(variables)
+    variables["params"]["log_scale"] = jnp.asarray(math.log(3.0), jnp.float32)
+    learned_loss, learned = calibration_loss(variables, student, teacher, **module_kwargs)
+    fixed_vars = {"params": {k: v for k, v in variables["params"].items() if k != "log_scale"}}
+    fixed_loss, fixed = calibration_loss(fixed_vars, student, teacher, attention_scale=3.0)
+    np.testing.assert_allclose(learned, fixed, rtol=1e-6)
+    assert float(learned_loss) == pytest.approx(float(fixed_loss), rel=1e-6)
+
+    def loss_of(log_scale):
+        params = dict(variables["params"], log_scale=log_scale)
+        return calibration_loss({"params": params}, student, teacher, **module_kwargs)[0]
+
+    grad = float(jax.grad(loss_of)(jnp.asarray(math.log(3.0), jnp.float32)))
+    # Analytic: L = sum alpha_j e_j / (B T S) with alpha = softmax(s c), so
+    # dL/dlog s = s * sum alpha_j e_j (c_j - sum_k alpha_k c_k) / (B T S); c_j is the
+    # cosine up to a per-row constant, which cancels: take c = log alpha at s = 1.
+    _, unscaled = calibration_loss(fixed_vars, student, teacher)
+    module = Calibration(tuple(STUDENT_SHAPES), tuple(TEACHER_SHAPES), batch_size=B)
+    errors = np.asarray(
+        module.apply(fixed_vars, student, teacher, method=Calibration.pair_errors), np.float64
+    )
+    cosines = np.log(np.asarray(unscaled, np.float64))
+    alpha = np.asarray(learned, np.float64)
+    centred = cosines - np.sum(alpha * cosines, axis=-1, keepdims=True)
+    analytic = 3.0 * np.sum(alpha * errors * centred) / (B * T * len(STUDENT_SHAPES))
+    assert abs(analytic) > 1e-4  # a real gradient
+    assert grad == pytest.approx(analytic, rel=1e-3)
+    step = 1e-2
+    centre = math.log(3.0)
+    finite_difference = (loss_of(centre + step) - loss_of(centre - step)) / (2 * step)
+    assert grad == pytest.approx(float(finite_difference), rel=1e-2)
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, float("nan"), float("inf")])
+def test_attention_scale_must_be_positive(scale):
+    student, teacher = make_taps()
+    with pytest.raises(ValueError, match="attention scale must be a finite number > 0"):
+        init_calibration(jax.random.key(0), student, teacher, attention_scale=scale)

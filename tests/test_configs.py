@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sastc_jax import configuration, data, parallel, step, train
+from sastc_jax import configuration, data, losses, parallel, step, train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py"))
@@ -161,3 +161,48 @@ def test_dataset_source_must_be_a_reader_of_the_dataset():
         configuration.validate(config, device_count=1)
     config.dataset.source = "cifar_python"
     configuration.validate(config, device_count=1)
+
+
+def test_loss_options_default_to_the_paper_and_are_validated():
+    config = configuration.base_config()
+    assert config.loss.kd_target == "mean"
+    assert config.loss.attention_scale == 1.0 and config.loss.learn_attention_scale is False
+    config.loss.kd_target = "every_step"
+    with pytest.raises(ValueError, match=r"config\.loss\.kd_target = 'every_step'.*mean, per_step"):
+        configuration.validate(config)
+    config.loss.kd_target = "per_step"
+    configuration.validate(config)
+    for bad in (0.0, -1.0, float("inf")):
+        config.loss.attention_scale = bad
+        with pytest.raises(
+            ValueError, match=r"config\.loss\.attention_scale = .* a finite number > 0"
+        ):
+            configuration.validate(config)
+    config.loss.attention_scale = 8.0
+    configuration.validate(config)
+
+
+def test_kd_target_reaches_the_objective_of_the_built_distillation():
+    config = configuration.base_config()
+    config.method, config.time_steps = "kd", 2
+    config.teacher.model, config.student.model = "convnet_ann", "convnet_snn"
+    config.teacher.model_kwargs.widths = (4, 8, 8)
+    config.student.model_kwargs.widths = (4, 8, 8)
+    images = np.random.default_rng(0).normal(size=(8, 12, 12, 1)).astype(np.float32)
+    batch = {"image": images, "label": np.arange(8, dtype=np.int32) % 10}
+    parts_kd = {}
+    for target in ("mean", "per_step"):
+        config.loss.kd_target = target
+        built = train.build_distillation(config, 10, images)
+        teacher_vars = built.teacher.init(jax.random.key(0), images, train=False)
+        student_vars = built.student.init(jax.random.key(1), images, train=False)
+        _, (parts, _) = built.objective(
+            {"student": student_vars["params"]}, student_vars["batch_stats"], teacher_vars, batch
+        )
+        logits, _ = built.student.apply(student_vars, images, train=True, mutable=["batch_stats"])
+        expected = losses.kd_loss(
+            logits, built.teacher.apply(teacher_vars, images, train=False), 4.0, target
+        )
+        assert float(parts["kd"]) == pytest.approx(float(expected), rel=1e-5)
+        parts_kd[target] = float(parts["kd"])
+    assert parts_kd["mean"] != pytest.approx(parts_kd["per_step"], rel=1e-3)

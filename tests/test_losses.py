@@ -71,3 +71,44 @@ def test_total_loss_rejects_missing_inputs():
         total_loss("kd", student, labels)
     with pytest.raises(ValueError, match="pass calibration"):
         total_loss("sastc", student, labels, teacher_logits=teacher)
+
+
+def test_per_step_kd_equals_mean_kd_at_one_time_step():
+    student, teacher, _ = make_logits(steps=1)
+    mean = kd_loss(student, teacher, 4.0, "mean")
+    per_step = kd_loss(student, teacher, 4.0, "per_step")
+    assert float(per_step) == pytest.approx(float(mean), rel=1e-6)
+
+
+def test_per_step_kd_hand_computed_at_two_time_steps():
+    # tau = 2, one sample, two classes. Teacher z_a = (2, 0): p_a = softmax(1, 0)
+    # = (0.731059, 0.268941). Step 1 z_1 = (0, 0): q_1 = (1/2, 1/2), KL_1 = 0.110940.
+    # Step 2 z_2 = (4, 0): q_2 = softmax(2, 0) = (0.880797, 0.119203), KL_2 = 0.082604.
+    # per_step = tau^2 * (KL_1 + KL_2) / 2 = 4 * 0.193544 / 2 = 0.387088 (by hand;
+    # numpy in float64 gives 0.3871036). The time-mean (2, 0) equals the teacher: 'mean' = 0.
+    student = jnp.array([[[0.0, 0.0]], [[4.0, 0.0]]])
+    teacher = jnp.array([[2.0, 0.0]])
+    assert float(kd_loss(student, teacher, 2.0, "per_step")) == pytest.approx(0.38710, abs=1e-4)
+    assert float(kd_loss(student, teacher, 2.0, "mean")) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_per_step_kd_in_the_total_loss_keeps_ce_on_the_mean():
+    student, teacher, labels = make_logits(steps=2)
+    calibration = jnp.asarray(0.25)
+    weights = LossWeights(gamma=1.0, alpha_kd=0.5, beta=2.0, temperature=3.0, kd_target="per_step")
+    for method in ("kd", "sastc"):
+        loss, parts = total_loss(
+            method,
+            student,
+            labels,
+            teacher_logits=teacher,
+            calibration=calibration if method == "sastc" else None,
+            weights=weights,
+        )
+        per_step = [float(kd_loss(student[t : t + 1], teacher, 3.0)) for t in range(2)]
+        assert float(parts["kd"]) == pytest.approx(np.mean(per_step), rel=1e-6)
+        assert float(parts["ce"]) == pytest.approx(float(cross_entropy(student, labels)))
+        extra = 2.0 * 0.25 if method == "sastc" else 0.0
+        assert float(loss) == pytest.approx(float(parts["ce"]) + 0.5 * np.mean(per_step) + extra)
+    with pytest.raises(ValueError, match=r"Unknown KD target 'steps'; choose one of"):
+        kd_loss(student, teacher, 4.0, "steps")
