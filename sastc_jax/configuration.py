@@ -200,6 +200,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
             f"config.dataset.validation_fraction = {config.dataset.validation_fraction}; "
             "allowed: 0 (no validation split) or a share in (0, 1)."
         )
+    loss_fields = (*losses.LossWeights._fields, "attention_scale", "learn_attention_scale")
+    if unknown := sorted(set(config.loss) - set(loss_fields)):
+        raise ValueError(
+            f"config.loss has unknown field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(loss_fields)}."
+        )
     choice("loss.kd_target", config.loss.get("kd_target", "mean"), losses.KD_TARGETS)
     scale = config.loss.get("attention_scale", 1.0)
     if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):

@@ -6,7 +6,8 @@ mean over T. Teacher logits are ``(B, classes)``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,12 @@ class LossWeights(NamedTuple):
     beta: float = 800.0
     temperature: float = 4.0
     kd_target: str = "mean"
+
+    @classmethod
+    def from_config(cls, loss_config: Mapping[str, Any]) -> LossWeights:
+        """The weights of ``config.loss``; its other fields (the attention scale) are not
+        weights and are ignored."""
+        return cls(**{field: loss_config[field] for field in cls._fields if field in loss_config})
 
 
 def cross_entropy(student_logits: Array, labels: Array) -> Array:

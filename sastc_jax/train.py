@@ -281,13 +281,7 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
             attention_scale=config.loss.get("attention_scale", 1.0),
             learn_attention_scale=config.loss.get("learn_attention_scale", False),
         )
-    weights = losses.LossWeights(
-        **{
-            field: config.loss[field]
-            for field in losses.LossWeights._fields
-            if field in config.loss
-        }
-    )
+    weights = losses.LossWeights.from_config(config.loss)
     objective = step_lib.student_objective(student, teacher, calibrator, config.method, weights)
     return Distillation(student, teacher, calibrator, objective, taps)
 
@@ -633,7 +627,7 @@ def run_stage(
             stage,
             config.log_every_steps,
             guards=config.guards,
-            weights=losses.LossWeights(**config.loss.to_dict()) if calibrated else None,
+            weights=losses.LossWeights.from_config(config.loss) if calibrated else None,
             # Computed once here; every step returns its own norm from the jitted step.
             initial_param_norm=(step, float(jax.device_get(global_norm(state.params)))),
         )

@@ -180,6 +180,9 @@ def test_loss_options_default_to_the_paper_and_are_validated():
             configuration.validate(config)
     config.loss.attention_scale = 8.0
     configuration.validate(config)
+    config.loss.temprature = 2.0  # a misspelt field (a config file can add one)
+    with pytest.raises(ValueError, match=r"config\.loss has unknown field\(s\) temprature"):
+        configuration.validate(config)
 
 
 def test_kd_target_reaches_the_objective_of_the_built_distillation():
