@@ -170,12 +170,13 @@ def measure_loop(config, student, train_step, state, frozen, steps: int, warmup:
     mesh = parallel.make_mesh()
     state = state.replace(step=parallel.replicate(np.zeros((), np.int32), mesh))
     with tfds.testing.mock_data(num_examples=batch * (total + 1)):
-        train_data, eval_data = train.load_datasets(config, batch, mesh)
+        train_data, validation_data, eval_data = train.load_datasets(config, "student", mesh)
         stage = train.Stage(
             name="student",
             model=student,
             train_data=train_data,
             eval_data=eval_data,
+            validation_data=validation_data,
             optim=config.student.optimizer,
             state=state,
             frozen=frozen,

@@ -33,4 +33,7 @@ def get_config():
     )
     config.checkpoint_every_steps = 2000
     config.log_every_steps = 100
+    # 0 = whole epochs (5,005 steps at batch 256). A first try on a new machine or folder:
+    # --config.max_steps_per_epoch=20 runs every stage end to end in minutes.
+    config.max_steps_per_epoch = 0
     return config

@@ -129,6 +129,14 @@ class MetricsLogger:
         )
 
 
+def format_rate(images_per_second: float) -> str:
+    """A throughput for the progress bar: whole numbers from 100 up, else 3 significant
+    digits (``0.512``, ``12.3``), so a slow run never shows 0."""
+    if images_per_second >= 100:
+        return f"{images_per_second:.0f}"
+    return f"{images_per_second:.3g}"
+
+
 def format_record(record: dict[str, Any]) -> str:
     """One line: ``[stage] split step=… accuracy=…``."""
     fields = []

@@ -321,8 +321,11 @@ def convert(
     if classes_in_file != num_classes:
         raise TeacherMismatchError(
             f"{source} classifies {classes_in_file} classes ({classifier[0]} has shape "
-            f"{tuple(tensors[classifier[0]].shape)}) but the dataset has {num_classes}; "
-            "use a teacher trained on this dataset or set config.dataset.name to its dataset."
+            f"{tuple(tensors[classifier[0]].shape)}) but the dataset has {num_classes} "
+            "(an image folder has one class per class folder). Use a teacher trained on "
+            "these classes, or data with the teacher's classes: config.dataset.name, or "
+            f"config.dataset.data_dir pointing at a folder holding all {classes_in_file} "
+            "class folders."
         )
     variables = {
         path: np.asarray(_to_ours(tensors[name], len(flat[path].shape)), np.float32)

@@ -118,16 +118,22 @@ def dataset_settings(config: ml_collections.ConfigDict, global_batch: int, mesh)
     )
 
 
-def load_datasets(config: ml_collections.ConfigDict, global_batch: int, mesh):
-    """Train, validation and test datasets for this process's share of a global batch.
+def load_datasets(config: ml_collections.ConfigDict, role: str, mesh):
+    """Train, validation and test datasets for this process's share of the global batch
+    of stage ``role`` ('teacher' | 'student': ``config.<role>.optimizer.batch_size``).
 
     The validation split is ``None`` unless ``config.dataset.validation_fraction > 0``;
     then it is held out of the training split (:mod:`sastc_jax.data.validation`).
     """
-    common = dataset_settings(config, global_batch, mesh)
-    train_data = data.get_dataset(
-        config.dataset.name, "train", train=True, augment=config.dataset.augment, **common
-    )
+    common = dataset_settings(config, config[role].optimizer.batch_size, mesh)
+    try:
+        train_data = data.get_dataset(
+            config.dataset.name, "train", train=True, augment=config.dataset.augment, **common
+        )
+    except data.BatchLargerThanSplitError as err:
+        raise ValueError(
+            f"{err} Lower config.{role}.optimizer.batch_size (the {role} stage's global batch)."
+        ) from None
     validation_data = (
         data.get_dataset(config.dataset.name, "validation", train=False, **common)
         if config.dataset.validation_fraction
@@ -197,7 +203,7 @@ def new_state(params, batch_stats, tx, mesh) -> step_lib.TrainState:
 
 def teacher_stage(config, mesh) -> Stage:
     optim = config.teacher.optimizer
-    train_data, validation_data, eval_data = load_datasets(config, optim.batch_size, mesh)
+    train_data, validation_data, eval_data = load_datasets(config, "teacher", mesh)
     model = build_teacher(config, train_data.num_classes)
     sample = np.zeros((mesh.size, *train_data.input_shape), np.float32)
     variables = init_variables(model, jax.random.key(config.seed), sample, mesh)
@@ -291,7 +297,7 @@ def distillation_inputs(config, mesh):
     stage: its datasets, a zero per-device input batch and the :class:`Distillation` built
     for it."""
     optim = config.student.optimizer
-    train_data, validation_data, eval_data = load_datasets(config, optim.batch_size, mesh)
+    train_data, validation_data, eval_data = load_datasets(config, "student", mesh)
     local_batch = parallel.local_batch_size(optim.batch_size, mesh)
     sample = np.zeros((local_batch, *train_data.input_shape), np.float32)
     parts = build_distillation(config, train_data.num_classes, sample)
@@ -536,7 +542,7 @@ class TrainLog:
         rate = self.epoch_images / max(time.perf_counter() - self.epoch_start, 1e-9)
         self.progress.update(1)
         self.progress.set_postfix(
-            {k: f"{v:.4g}" for k, v in losses_only.items()} | {"img/s": f"{rate:.0f}"},
+            {k: f"{v:.4g}" for k, v in losses_only.items()} | {"img/s": metrics.format_rate(rate)},
             refresh=False,
         )
         if step % self.log_every == 0:
@@ -802,6 +808,10 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
     Writes a ``summary`` record with ``stage='evaluate'`` and returns it.
     """
     start = time.perf_counter()
+    logger.info(
+        f"[evaluate] {config.evaluate}: loading the test split and the checkpoint "
+        "(the first batch then compiles the model)"
+    )
     if config.evaluate == "teacher":
         settings = dataset_settings(config, config.teacher.optimizer.batch_size, mesh)
         eval_data = data.get_dataset(config.dataset.name, "test", train=False, **settings)
@@ -838,6 +848,10 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
             "step": saved.get("step"),
         }
     log_bad_examples([eval_data], workdir)
+    logger.info(
+        f"[evaluate] {found['model']} from {found['checkpoint']}: evaluating "
+        f"{eval_data.num_examples} test examples"
+    )
     result = evaluate(eval_step, variables, eval_data, mesh)
     summary = {
         "stage": "evaluate",

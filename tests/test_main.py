@@ -156,6 +156,9 @@ def test_evaluate_reports_the_saved_models_accuracy(
     assert evaluation["evaluated"] == evaluated and evaluation["count"] == NUM_EXAMPLES
     assert evaluation["accuracy"] == trained[stage][field]
     assert (workdir / "config.json").read_text() == (teacher_workdir / "config.json").read_text()
+    # It says what it is doing before the slow part (loading, the first compile).
+    loading = completed.stderr.index(f"[evaluate] {evaluated}: loading the test split")
+    assert loading < completed.stderr.index(f"evaluating {NUM_EXAMPLES} test examples")
 
 
 def test_evaluate_without_a_student_checkpoint(tmp_path):
@@ -164,6 +167,7 @@ def test_evaluate_without_a_student_checkpoint(tmp_path):
     assert f"no checkpoint in {tmp_path / 'student' / 'latest'}: nothing to restore" in (
         completed.stderr
     )
+    assert "[evaluate] student: loading the test split and the checkpoint" in completed.stderr
 
 
 def test_teacher_stage_alone(tmp_path):

@@ -72,3 +72,10 @@ def test_processes_other_than_0_write_no_event_files(tmp_path):
     logger.write(TRAIN)
     logger.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "rate, shown", [(1549.6, "1550"), (100.2, "100"), (12.34, "12.3"), (0.512, "0.512")]
+)
+def test_progress_bar_rate_never_rounds_a_slow_run_to_zero(rate, shown):
+    assert metrics.format_rate(rate) == shown

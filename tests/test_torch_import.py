@@ -163,7 +163,9 @@ def test_wrong_number_of_classes(tmp_path):
         import_file(tmp_path / "c100.pth", "resnet19_ann", num_classes=10)
     assert str(error.value).endswith(
         "classifies 100 classes (layer4.2.weight has shape (100, 512)) but the dataset has "
-        "10; use a teacher trained on this dataset or set config.dataset.name to its dataset."
+        "10 (an image folder has one class per class folder). Use a teacher trained on these "
+        "classes, or data with the teacher's classes: config.dataset.name, or "
+        "config.dataset.data_dir pointing at a folder holding all 100 class folders."
     )
 
 

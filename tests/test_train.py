@@ -314,3 +314,19 @@ def test_a_first_step_blow_up_is_printed_before_the_guard_stops_it():
         log.flush(last_checkpoint=None)
     assert logger.lines[0].endswith("param_norm=2407 (param_norm 151 before it)")
     assert "is 800000.0x the CE term" in logger.lines[1]
+
+
+def test_a_batch_larger_than_the_split_names_the_stage_batch_field(tmp_path):
+    from test_data_static import write_fashion_dir
+
+    write_fashion_dir(tmp_path, n_train=24, n_test=8)
+    config = configuration.base_config()
+    config.dataset.name, config.dataset.source = "fashion_mnist", "local"
+    config.dataset.data_dir = str(tmp_path)
+    config.student.optimizer.batch_size = 32
+    with pytest.raises(
+        ValueError,
+        match=r"24 examples .* fewer than one training batch of 32\. Lower the batch size\. "
+        r"Lower config\.student\.optimizer\.batch_size \(the student stage's global batch\)",
+    ):
+        train.load_datasets(config, "student", parallel.make_mesh())

@@ -17,7 +17,11 @@ from __future__ import annotations
 import os
 
 from sastc_jax.data.bad_examples import BadExamples, check_policy
-from sastc_jax.data.errors import DatasetNotFoundError, UnreadableExampleError
+from sastc_jax.data.errors import (
+    BatchLargerThanSplitError,
+    DatasetNotFoundError,
+    UnreadableExampleError,
+)
 from sastc_jax.data.pipeline import BatchLoader, Dataset
 
 NUM_CLASSES = {
@@ -45,6 +49,7 @@ __all__ = [
     "NUM_CLASSES",
     "SOURCES",
     "BadExamples",
+    "BatchLargerThanSplitError",
     "BatchLoader",
     "Dataset",
     "DatasetNotFoundError",

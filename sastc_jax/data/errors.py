@@ -15,3 +15,7 @@ class UnreadableExampleError(ValueError):
         super().__init__(message)
         self.path = path
         self.index = index
+
+
+class BatchLargerThanSplitError(ValueError):
+    """A training split gives a host fewer examples than one batch (no step per epoch)."""

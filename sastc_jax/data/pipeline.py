@@ -15,6 +15,7 @@ import numpy as np
 
 from sastc_jax.data import sharding
 from sastc_jax.data.augment import ExampleRandom
+from sastc_jax.data.errors import BatchLargerThanSplitError
 
 
 class BatchLoader(Protocol):
@@ -83,10 +84,10 @@ class Dataset:
                 self.num_examples, batch_size, process_count
             )
             if self.steps_per_epoch == 0:
-                raise ValueError(
+                raise BatchLargerThanSplitError(
                     f"{name}/{split}: {self.num_examples} examples give each of "
                     f"{process_count} host(s) {self.num_examples // process_count}, fewer than "
-                    f"one training batch of {batch_size}. Lower batch_size."
+                    f"one training batch of {batch_size}. Lower the batch size."
                 )
         else:
             self.steps_per_epoch = sharding.eval_steps(self.num_examples, batch_size, process_count)
