@@ -140,21 +140,24 @@ def _tangent_scan(membrane: Array, currents_dot: Array, config: LIFConfig, with_
     ``v_dot = u_dot (1 - s) + u (-s_dot)`` (the reset is not detached).
     """
 
+    # The carry is tau * v_dot, so the previous step and x_dot enter only through their sum
+    # u_dot: in JAX's transpose of this scan the cotangent carried back and the cotangent of
+    # x_dot are then one value, and the reverse loop writes one array per step.
     # Checkpointed so that reverse mode saves u_t alone and recomputes s_t and g(u_t - v_th)
-    # inside the reverse scan, instead of saving them as two more arrays.
+    # inside the reverse loop, instead of saving them as two more arrays.
     @jax.checkpoint
-    def step(v_dot, u, x_dot):
-        u_dot = config.tau * v_dot + x_dot
+    def step(decayed_v_dot, u, x_dot):
+        u_dot = decayed_v_dot + x_dot
         centred = u - config.v_threshold
         spike = (centred > 0).astype(u.dtype)
         spike_dot = surrogate_gradient(config.surrogate, config.width, centred) * u_dot
         v_dot = u_dot * (1.0 - spike) + u * (-spike_dot)
-        return v_dot, ((spike_dot, u_dot) if with_membrane else (spike_dot,))
+        return config.tau * v_dot, ((spike_dot, u_dot) if with_membrane else (spike_dot,))
 
-    v_dot_init = jnp.zeros_like(currents_dot[0])
+    carry_init = jnp.zeros_like(currents_dot[0])
     unroll = membrane.shape[0] <= FULL_UNROLL_MAX_T
     _, outs = jax.lax.scan(
-        lambda v_dot, xs: step(v_dot, *xs), v_dot_init, (membrane, currents_dot), unroll=unroll
+        lambda carry, xs: step(carry, *xs), carry_init, (membrane, currents_dot), unroll=unroll
     )
     return outs
 
