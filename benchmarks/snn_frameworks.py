@@ -12,7 +12,10 @@ Frameworks, each size in its own process, one after the other:
 
 - ``sastc-jax``: ``models.layers.Dense`` / ``ConvBN`` + ``neurons.lif`` under ``jax.jit``.
 - ``sastc-jax-reference`` (``--reference``): the same with the LIF written as before this
-  change, a fully unrolled ``lax.scan`` of ``neurons.lif_step`` differentiated by JAX.
+  change, a fully unrolled ``lax.scan`` of ``neurons.lif_step`` differentiated by JAX
+  (``--reference-timeout`` per process: at T=500 it does not finish compiling).
+- ``sastc-jax-scan`` (``--reference``): that scan as a plain loop (``unroll=1``), JAX's
+  autodiff saving ``s_t``, ``u_t`` and the surrogate slope per neuron-step.
 - ``floor``: the layer's own matmuls alone in JAX, forward plus weight gradient, same
   shapes (``x @ W`` and ``x^T @ g``; for conv rows the conv and its weight gradient).
 - ``spikingjelly``: ``layer.Linear`` / ``layer.Conv2d`` + ``layer.BatchNorm2d`` +
@@ -72,8 +75,9 @@ CONV_CHANNELS = 128
 CONV_SIZE = 32
 TORCH_FRAMEWORKS = ("spikingjelly", "snntorch", "norse")
 PEER_FRAMEWORKS = ("spikingjelly", "snntorch", "spyx", "norse")
-JAX_FRAMEWORKS = ("sastc-jax", "sastc-jax-reference", "floor")
-CONV_FRAMEWORKS = ("sastc-jax", "sastc-jax-reference", "floor", "spikingjelly")
+REFERENCE_FRAMEWORKS = ("sastc-jax-reference", "sastc-jax-scan")
+JAX_FRAMEWORKS = ("sastc-jax", *REFERENCE_FRAMEWORKS, "floor")
+CONV_FRAMEWORKS = (*JAX_FRAMEWORKS, "spikingjelly")
 
 
 # ------------------------------------------------------------------- timing (in the worker)
@@ -150,10 +154,12 @@ def spiking_function(framework: str):
     if framework == "sastc-jax":
         return neurons.lif
 
+    unroll = framework == "sastc-jax-reference"
+
     def reference_lif(currents):  # neurons.lif as it was: an unrolled scan of lif_step
         step = functools.partial(neurons.lif_step, config=neurons.LIFConfig())
         v0 = jnp.zeros_like(currents[0], dtype=jnp.float32)
-        _, (spikes, _) = jax.lax.scan(step, v0, currents.astype(jnp.float32), unroll=True)
+        _, (spikes, _) = jax.lax.scan(step, v0, currents.astype(jnp.float32), unroll=unroll)
         return spikes.astype(currents.dtype)
 
     return reference_lif
@@ -417,7 +423,9 @@ def cell(record: dict | None) -> str:
     if "error" in record:
         return record["error"]
     rss = record["peak_rss_bytes"] / 2**30
-    return f"{seconds(record['median_s'])} ({record['first_call_s']:.1f} s; {rss:.1f} GiB)"
+    temp = record.get("xla_temp_bytes")
+    temp_text = "" if temp is None else f", XLA temp {temp / 2**20:.0f} MiB"
+    return f"{seconds(record['median_s'])} ({record['first_call_s']:.1f} s; {rss:.1f} GiB{temp_text})"
 
 
 def seconds(value: float) -> str:
@@ -448,7 +456,7 @@ def markdown(records: list[dict], cases: list[str], frameworks: list[str], heade
     lines += [
         "",
         "Cells: median of the timed calls (first call, i.e. compile or first eager pass; "
-        "peak RSS of that process). `floor`: the layer's own forward + weight-gradient "
+        "peak RSS of that process; for JAX, XLA's temporary buffers). `floor`: the layer's own forward + weight-gradient "
         "matmuls (conv rows: the conv) alone in JAX.",
     ]
     return "\n".join(lines)
@@ -499,7 +507,8 @@ def main() -> None:
             if case.startswith("conv") and framework not in CONV_FRAMEWORKS:
                 continue
             python = sys.executable if framework in JAX_FRAMEWORKS else args.peer_python
-            timeout = args.reference_timeout if framework == "sastc-jax-reference" else args.timeout
+            reference = framework == "sastc-jax-reference"
+            timeout = args.reference_timeout if reference else args.timeout
             records.append(run_one(framework, case, args, python, timeout))
     header = (
         f"Run started {started}; {platform.processor() or platform.machine()}, "
