@@ -478,7 +478,7 @@ def main() -> None:
     parser.add_argument("--frameworks", default="", help="comma-separated subset (default all)")
     parser.add_argument("--reference", action="store_true", help="also the LIF as it was")
     parser.add_argument(
-        "--reference-timeout", type=float, default=180.0, help="seconds per reference process"
+        "--reference-timeout", type=float, default=60.0, help="seconds per reference process"
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
     parser.add_argument("--repeats", type=int, default=3)
