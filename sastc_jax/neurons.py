@@ -127,8 +127,17 @@ def _membrane_scan(currents: Array, config: LIFConfig) -> Array:
 
     # zeros_like keeps the input's sharding/varying-axis type, as scan under shard_map needs.
     u_init = jnp.zeros_like(currents[0])
-    unroll = currents.shape[0] <= FULL_UNROLL_MAX_T
-    return jax.lax.scan(step, u_init, currents, unroll=unroll)[1]
+    if currents.shape[0] <= FULL_UNROLL_MAX_T:
+        return jax.lax.scan(step, u_init, currents, unroll=True)[1]
+
+    # The loop writes u_t over x_t in the currents' own buffer (read and written at the
+    # same index, so XLA updates it in place): no zero-filled output buffer to allocate.
+    def write_step(t, carry):
+        u_prev, buffer = carry
+        u, _ = step(u_prev, jax.lax.dynamic_index_in_dim(buffer, t, keepdims=False))
+        return u, jax.lax.dynamic_update_index_in_dim(buffer, u, t, 0)
+
+    return jax.lax.fori_loop(0, currents.shape[0], write_step, (u_init, currents))[1]
 
 
 def _spike(u: Array, config: LIFConfig) -> Array:
