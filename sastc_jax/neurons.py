@@ -11,8 +11,9 @@ a surrogate derivative for the backward pass, defined with ``jax.custom_jvp`` so
 forward- and reverse-mode autodiff both use it.
 
 Inputs are time-major ``(T, ...)``. :func:`lif` is one ``jax.custom_jvp`` over
-the whole sequence: the forward is a ``jax.lax.scan`` over T that keeps only the
-pre-reset membrane ``u_t`` (float32; ``s_t`` and ``v_t`` follow from it), and the
+the whole sequence: the forward is a loop over T that keeps only the pre-reset
+membrane ``u_t`` (float32, written over the currents' own buffer; ``s_t`` and
+``v_t`` follow from it), and the
 tangent is a second scan, linear in the input tangent, that applies the surrogate
 chain step by step (recomputing ``s_t`` and ``g(u_t - v_th)`` from ``u_t`` under
 ``jax.checkpoint``). Forward mode runs that scan; reverse mode is JAX's transpose
@@ -108,10 +109,10 @@ def lif_step(
 
 # Up to this many steps the scans are unrolled. Measured on the 2-core CPU, LIF forward and
 # backward alone, B=16 (unrolled vs loop, ms): ResNet-19 stage-1 shapes (32, 32, 128) at
-# T=2 3.5 vs 58, T=4 20 vs 99, T=8 125 vs 194, T=10 415 vs 222; N=4096 at T=4 0.34 vs 0.83,
-# T=8 4.0 vs 1.1, T=16 16 vs 2.0. Unrolled, XLA fuses across steps and recomputes; partial
+# T=2 1.2 vs 20, T=4 12 vs 34, T=8 47 vs 75, T=10 164 vs 95; N=4096 at T=4 0.21 vs 0.63,
+# T=8 1.1 vs 1.0, T=16 5.9 vs 1.8. Unrolled, XLA fuses across steps and recomputes; partial
 # unrolling (2, 4, 8) of the loop was slower than none at T=50 and T=500.
-FULL_UNROLL_MAX_T = 4
+FULL_UNROLL_MAX_T = 8
 
 
 def _membrane_scan(currents: Array, config: LIFConfig) -> Array:
