@@ -425,7 +425,8 @@ def cell(record: dict | None) -> str:
     rss = record["peak_rss_bytes"] / 2**30
     temp = record.get("xla_temp_bytes")
     temp_text = "" if temp is None else f", XLA temp {temp / 2**20:.0f} MiB"
-    return f"{seconds(record['median_s'])} ({record['first_call_s']:.1f} s; {rss:.1f} GiB{temp_text})"
+    first = record["first_call_s"]
+    return f"{seconds(record['median_s'])} ({first:.1f} s; {rss:.1f} GiB{temp_text})"
 
 
 def seconds(value: float) -> str:
@@ -456,8 +457,8 @@ def markdown(records: list[dict], cases: list[str], frameworks: list[str], heade
     lines += [
         "",
         "Cells: median of the timed calls (first call, i.e. compile or first eager pass; "
-        "peak RSS of that process; for JAX, XLA's temporary buffers). `floor`: the layer's own forward + weight-gradient "
-        "matmuls (conv rows: the conv) alone in JAX.",
+        "peak RSS of that process; for JAX, XLA's temporary buffers). `floor`: the layer's "
+        "own forward + weight-gradient matmuls (conv rows: the conv) alone in JAX.",
     ]
     return "\n".join(lines)
 
@@ -495,7 +496,7 @@ def main() -> None:
     unknown = [f for f in wanted if f not in known]
     if unknown:
         parser.error(f"unknown --frameworks {unknown}; choose from {list(known)}")
-    frameworks = wanted or [f for f in known if f != "sastc-jax-reference" or args.reference]
+    frameworks = wanted or [f for f in known if f not in REFERENCE_FRAMEWORKS or args.reference]
     if not args.peer_python:
         frameworks = [f for f in frameworks if f in JAX_FRAMEWORKS]
     dense_cases = [f"dense:{size}" for size in args.sizes.split(",") if size]
