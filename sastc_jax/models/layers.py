@@ -233,8 +233,12 @@ class Dense(nn.Module):
         )
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
-        return y + bias
+        # One 2-D product over the merged leading dims (T*B for a time-major input): with
+        # them kept separate, XLA's CPU kernel gradient contracted two dims and copied the
+        # output gradient transposed first (one more (T, B, features) array, and its time).
+        rows = x.reshape(-1, fan_in)
+        y = jax.lax.dot_general(rows, kernel, (((1,), (0,)), ((), ())))
+        return y.reshape(*x.shape[:-1], self.features) + bias
 
 
 def dense(
