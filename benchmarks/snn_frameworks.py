@@ -439,7 +439,7 @@ def markdown(records: list[dict], cases: list[str], frameworks: list[str], heade
     lines = [
         header,
         "",
-        "| case | " + " | ".join(names) + " | ours / fastest peer | ours / floor |",
+        "| case | " + " | ".join(names) + " | speed-up vs fastest peer | ours / floor |",
         "|---|" + "---|" * (len(names) + 2),
     ]
     for case in cases:
@@ -451,7 +451,7 @@ def markdown(records: list[dict], cases: list[str], frameworks: list[str], heade
             for f in PEER_FRAMEWORKS
             if "median_s" in by_key.get((f, case), {})
         ]
-        speedup = f"{min(peers) / ours:.2f}x faster" if ours and peers else ""
+        speedup = f"{min(peers) / ours:.2f}x" if ours and peers else ""  # peer time / ours
         over_floor = f"{ours / floor:.2f}" if ours and floor else ""
         lines.append(f"| {label(case)} | " + " | ".join(row) + f" | {speedup} | {over_floor} |")
     lines += [
