@@ -38,7 +38,7 @@ import numpy as np
 
 from sastc_jax import checkpointing, losses, models, parallel, plots, train
 from sastc_jax import step as step_lib
-from sastc_jax.models.layers import LIF, Dense
+from sastc_jax.models.layers import Dense
 
 Array = jax.Array
 ANALYSIS = "analysis.json"
@@ -152,21 +152,6 @@ def layer_operations(
     return kinds, ops
 
 
-def firing_counts(lif_outputs: dict[str, Array], mask: Array) -> dict[str, dict[str, Array]]:
-    """Per LIF layer ``(T, B, ...)`` spikes: spike total and neuron-steps over unmasked examples."""
-    weights = mask.astype(jnp.float32)
-    result = {}
-    for name, spikes in lif_outputs.items():
-        steps, _ = spikes.shape[:2]
-        neurons = math.prod(spikes.shape[2:])
-        per_example = jnp.sum(spikes.astype(jnp.float32), axis=tuple(range(2, spikes.ndim)))
-        result[name] = {
-            "spikes": jnp.sum(per_example.sum(axis=0) * weights),
-            "neuron_steps": jnp.sum(weights) * neurons * steps,
-        }
-    return result
-
-
 def correct_per_time_steps(logits: Array, labels: Array, mask: Array) -> Array:
     """``(T,)`` correct predictions of the mean logits over the first t+1 time steps."""
     steps = jnp.arange(1, logits.shape[0] + 1, dtype=jnp.float32)[:, None, None]
@@ -192,17 +177,6 @@ def energy_table(student_macs: float, student_sops: float, teacher_macs: float) 
 def attention_entropy(attention: Array) -> Array:
     """Entropy (nats) over the teacher axis of attention ``(..., K)``."""
     return -jnp.sum(attention * jnp.log(jnp.clip(attention, 1e-12, 1.0)), axis=-1)
-
-
-def _flatten_lif(tree: dict, prefix: tuple = ()) -> dict[str, Array]:
-    """LIF outputs captured by ``capture_intermediates``: ``{path: (T, B, ...)}``."""
-    found = {}
-    for key, value in tree.items():
-        if key == "__call__":
-            found["/".join(prefix)] = value[0]
-        elif isinstance(value, dict):
-            found.update(_flatten_lif(value, (*prefix, key)))
-    return found
 
 
 # --------------------------------------------------------------------------- a run
@@ -257,19 +231,17 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
                 images,
                 train=False,
                 mutable=["intermediates"],
-                capture_intermediates=lambda module, method: (
-                    isinstance(module, LIF) and method == "__call__"
-                ),
+                capture_intermediates=models.is_lif_call,
             )
 
         (logits, mutated), records = trace_layer_inputs(apply)
         intermediates = mutated["intermediates"]
-        lif = _flatten_lif({k: v for k, v in intermediates.items() if k != "taps"})
+        lif = models.get_lif_outputs(intermediates)
         kinds, ops = layer_operations(records, mask, spiking=True)
         layer_kinds.update(kinds)
         out = {
             "operations": ops,
-            "firing": firing_counts(lif, mask),
+            "firing": step_lib.firing_counts(lif, mask),
             "correct_per_t": correct_per_time_steps(logits, labels, mask),
         }
         if calibrated:

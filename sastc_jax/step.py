@@ -16,6 +16,7 @@ attention use that many samples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,6 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from sastc_jax import calibration, losses, models
-from sastc_jax.models.layers import LIF
-from sastc_jax.models.registry import TAPS_NAME
 from sastc_jax.parallel import AXIS
 
 Array = jax.Array
@@ -200,26 +199,26 @@ def make_train_step(
     return jax.jit(sharded, donate_argnums=0)
 
 
-def _lif_outputs(tree: dict) -> list[Array]:
-    """The ``(T, B, ...)`` spikes of every LIF layer captured by ``capture_intermediates``."""
-    found = []
-    for key, value in tree.items():
-        if key == "__call__":
-            found.append(value[0])
-        elif isinstance(value, dict) and key != TAPS_NAME:
-            found.extend(_lif_outputs(value))
-    return found
-
-
-def _captures_lif(module: flax.linen.Module, method: str) -> bool:
-    return isinstance(module, LIF) and method == "__call__"
+def firing_counts(lif_outputs: dict[str, Array], mask: Array) -> dict[str, dict[str, Array]]:
+    """Per LIF layer ``(T, B, ...)`` spikes: spike total and neuron-steps over unmasked examples."""
+    weights = mask.astype(jnp.float32)
+    result = {}
+    for name, spikes in lif_outputs.items():
+        steps, _ = spikes.shape[:2]
+        neurons = math.prod(spikes.shape[2:])
+        per_example = jnp.sum(spikes.astype(jnp.float32), axis=tuple(range(2, spikes.ndim)))
+        result[name] = {
+            "spikes": jnp.sum(per_example.sum(axis=0) * weights),
+            "neuron_steps": jnp.sum(weights) * neurons * steps,
+        }
+    return result
 
 
 def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
     """``eval_step(variables, batch) -> {'correct': (T,), 'count', 'loss_sum'}`` summed
     over the whole mesh; masked (padding) examples count for nothing. A spiking model
     adds ``'spikes'`` and ``'neuron_steps'`` over all its LIF layers (their ratio is the
-    network's firing rate, as in :mod:`sastc_jax.analyze`).
+    network's firing rate: :func:`firing_counts`, as :mod:`sastc_jax.analyze` uses).
 
     ``correct[t]`` counts hits of the mean logits over the first t+1 time steps.
     """
@@ -229,10 +228,9 @@ def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
             variables,
             batch["image"],
             train=False,
-            capture_intermediates=_captures_lif,
+            capture_intermediates=models.is_lif_call,
             mutable=["intermediates"],
         )
-        spikes = _lif_outputs(captured.get("intermediates", {}))
         if logits.ndim == 2:  # ANN: one "time step"
             logits = logits[None]
         logits = logits.astype(jnp.float32)
@@ -246,12 +244,10 @@ def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
             "count": jnp.sum(mask),
             "loss_sum": jnp.sum(nll * mask),
         }
-        if spikes:  # per example: spikes over (T, neurons); neuron-steps T x neurons
-            sums["spikes"] = sum(
-                jnp.sum(jnp.sum(s.astype(jnp.float32), axis=(0, *range(2, s.ndim))) * mask)
-                for s in spikes
-            )
-            sums["neuron_steps"] = jnp.sum(mask) * sum(s.size // s.shape[1] for s in spikes)
+        firing = firing_counts(models.get_lif_outputs(captured.get("intermediates", {})), mask)
+        if firing:  # a spiking model: the totals over all its LIF layers
+            sums["spikes"] = sum(layer["spikes"] for layer in firing.values())
+            sums["neuron_steps"] = sum(layer["neuron_steps"] for layer in firing.values())
         return jax.lax.psum(sums, AXIS)
 
     return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sastc_jax import analyze
+from sastc_jax import analyze, step
 from sastc_jax.models import layers
 
 
@@ -63,7 +63,7 @@ def test_two_layer_operations_and_firing_rate_by_hand():
     assert float(ops["conv2"]) == 52
     # Firing rate: 2 spikes over 3x3x2 neurons, T = 1, example 1 masked out.
     spikes = state["intermediates"]["spikes"][0][None]  # (T=1, B, 3, 3, 2)
-    firing = analyze.firing_counts({"spikes": spikes}, mask)["spikes"]
+    firing = step.firing_counts({"spikes": spikes}, mask)["spikes"]
     assert float(firing["spikes"]) == 2 and float(firing["neuron_steps"]) == 18
     # Both examples: 2 + 9 spikes, the second's fan-outs sum to 49 x 4 = 196.
     _, both = analyze.layer_operations(records, np.array([True, True]), spiking=True)

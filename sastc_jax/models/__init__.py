@@ -31,9 +31,11 @@ from sastc_jax.models.ann import (
     WideResNet28x4,
 )
 from sastc_jax.models.registry import (
+    get_lif_outputs,
     get_model,
     get_model_class,
     get_taps,
+    is_lif_call,
     is_spiking,
     list_models,
     register,
@@ -64,9 +66,11 @@ __all__ = [
     "SpikingVGG11",
     "WideResNet",
     "WideResNet28x4",
+    "get_lif_outputs",
     "get_model",
     "get_model_class",
     "get_taps",
+    "is_lif_call",
     "is_spiking",
     "list_models",
     "register",

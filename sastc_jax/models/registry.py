@@ -18,6 +18,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from sastc_jax.models.layers import LIF
+
 TAPS_COLLECTION = "intermediates"
 TAPS_NAME = "taps"
 
@@ -80,3 +82,21 @@ def get_taps(variables: Mapping[str, Any]) -> list[jax.Array]:
             f"model.apply(..., mutable=[{TAPS_COLLECTION!r}]) and pass its mutated variables."
         )
     return list(variables[TAPS_NAME])
+
+
+def is_lif_call(module: nn.Module, method: str) -> bool:
+    """``capture_intermediates`` filter that keeps the output of every LIF layer."""
+    return isinstance(module, LIF) and method == "__call__"
+
+
+def get_lif_outputs(intermediates: Mapping[str, Any], prefix: tuple = ()) -> dict[str, jax.Array]:
+    """The spikes captured by ``apply(..., capture_intermediates=is_lif_call,
+    mutable=['intermediates'])``, from its ``'intermediates'``: ``{layer path: (T, B, ...)}``.
+    The sown taps are not LIF outputs and are skipped."""
+    found = {}
+    for key, value in intermediates.items():
+        if key == "__call__":
+            found["/".join(prefix)] = value[0]
+        elif isinstance(value, Mapping) and key != TAPS_NAME:
+            found.update(get_lif_outputs(value, (*prefix, key)))
+    return found
