@@ -162,10 +162,9 @@ def _tangent_scan(membrane: Array, currents_dot: Array, config: LIFConfig, with_
     @jax.checkpoint
     def step(decayed_v_dot, u, x_dot):
         u_dot = decayed_v_dot + x_dot
-        centred = u - config.v_threshold
-        spike = (centred > 0).astype(u.dtype)
-        spike_dot = surrogate_gradient(config.surrogate, config.width, centred) * u_dot
-        v_dot = u_dot * (1.0 - spike) + u * (-spike_dot)
+        slope = surrogate_gradient(config.surrogate, config.width, u - config.v_threshold)
+        spike_dot = slope * u_dot
+        v_dot = u_dot * (1.0 - _spike(u, config)) + u * (-spike_dot)
         return config.tau * v_dot, ((spike_dot, u_dot) if with_membrane else (spike_dot,))
 
     carry_init = jnp.zeros_like(currents_dot[0])
@@ -179,7 +178,11 @@ def _tangent_scan(membrane: Array, currents_dot: Array, config: LIFConfig, with_
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _lif_sequence(currents: Array, config: LIFConfig, with_membrane: bool) -> tuple[Array, ...]:
     """float32 ``(T, ...)`` currents -> ``(spikes,)`` or ``(spikes, membrane)``, float32."""
-    membrane = _membrane_scan(currents, config)
+    return _outputs(_membrane_scan(currents, config), config, with_membrane)
+
+
+def _outputs(membrane: Array, config: LIFConfig, with_membrane: bool) -> tuple[Array, ...]:
+    """``(spikes,)`` or ``(spikes, membrane)`` from the membrane ``u_t``."""
     spikes = _spike(membrane, config)
     return (spikes, membrane) if with_membrane else (spikes,)
 
@@ -188,8 +191,7 @@ def _lif_sequence(currents: Array, config: LIFConfig, with_membrane: bool) -> tu
 def _lif_sequence_jvp(config, with_membrane, primals, tangents):
     (currents,), (currents_dot,) = primals, tangents
     membrane = _membrane_scan(currents, config)
-    spikes = _spike(membrane, config)
-    out = (spikes, membrane) if with_membrane else (spikes,)
+    out = _outputs(membrane, config, with_membrane)
     return out, _tangent_scan(membrane, currents_dot, config, with_membrane)
 
 
