@@ -24,7 +24,7 @@ pair ran at about 270 images/s, the regressors mapping onto the teacher's wider 
   the doubling check trains ``ce`` and ``sastc`` for 12 epochs on seed 0.
 - Rows (seeds 0, 1, 2): ``ce``, ``kd``, ``kd_per_step`` (SPEC §3b), ``layerwise``,
   ``spatial``, ``sastc``, ``sastc_scaled`` (learned attention scale from 1: the setting
-  that put every planted weight of ``alignment_check`` at >= 0.9, README) and
+  that put every planted weight of ``alignment_check`` at >= 0.9, docs/alignment.md) and
   ``sastc_released`` (the release's SGD lr 0.01, momentum 0.9, weight decay 5e-4, beta
   800, its step decays at 150/180/210 of 240 epochs scaled to these 6).
 
