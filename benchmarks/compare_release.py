@@ -2,7 +2,7 @@
 
 Runs ``benchmarks/train_step.py`` and ``benchmarks/release_step.py`` for every size, each
 in its own process, one after the other, and writes ``comparison.json`` and
-``comparison.md`` (the table of the README's Performance section) to ``--out-dir``:
+``comparison.md`` (the side-by-side table of docs/performance.md) to ``--out-dir``:
 
     python benchmarks/compare_release.py --release-dir .release/CIFAR10 --out-dir /tmp/cmp
 

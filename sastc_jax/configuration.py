@@ -129,7 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.attention_scale = 1.0
     config.loss.learn_attention_scale = False
     config.calibration = ml_collections.ConfigDict(dict(embed_dim=0))  # 0 = B // 4
-    # Blow-ups that stay finite (train.TrainLog; README "Guards against a blow-up").
+    # Blow-ups that stay finite (train.TrainLog; docs/running.md, "Guards").
     config.guards = ml_collections.ConfigDict(
         dict(
             # Warn when the first step's beta * calibration exceeds this multiple of
@@ -139,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
             # Stop when the parameter norm grows by more than this factor within one
             # logging interval (0 = off). Measured healthy: x4.9 over the quickstart
             # student's first 50 steps (36.8 -> 180), x1.14 for its teacher; the blow-up
-            # this catches went x16 in one step (README "Blow-ups that stay finite").
+            # this catches went x16 in one step (docs/running.md, "Guards").
             max_param_norm_growth=10.0,
         )
     )

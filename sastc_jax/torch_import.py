@@ -316,7 +316,7 @@ def convert(
         raise TeacherMismatchError(
             f"{source} does not hold a {theirs} state_dict for config.teacher.model = "
             f"{model_name!r}: {'; '.join(problems)}. Set config.teacher.model to the "
-            "checkpoint's architecture (see the README's mapping table)."
+            "checkpoint's architecture (see the mapping table in docs/interop.md)."
         )
     if classes_in_file != num_classes:
         raise TeacherMismatchError(
