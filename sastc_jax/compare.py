@@ -75,6 +75,9 @@ flags.DEFINE_list(
 FLAGS = flags.FLAGS
 
 SUMMARY = "summary.json"
+# A run whose loss went non-finite (or whose parameter norm blew up) leaves this record
+# instead of a summary: the comparison reports it and goes on.
+DIVERGED = "diverged.json"
 PHASES = ("sweeps", "table", "doubling")
 
 
@@ -266,6 +269,8 @@ def train_run(cfg, workdir: Path, mesh, name: str) -> dict[str, Any]:
     summary_path = run_dir / SUMMARY
     if summary_path.exists():
         return json.loads(summary_path.read_text())
+    if (run_dir / DIVERGED).exists():
+        return json.loads((run_dir / DIVERGED).read_text())
     configuration.validate(cfg, device_count=mesh.size)
     text = _config_text(cfg)
     if not run_dir.exists():
@@ -278,9 +283,21 @@ def train_run(cfg, workdir: Path, mesh, name: str) -> dict[str, Any]:
     (run_dir / "config.json").write_text(text)
     logger = metrics.MetricsLogger(run_dir)
     logger.info(f"[compare] {name} in {run_dir}")
-    summary = train.train_student(cfg, run_dir, mesh, logger)
+    try:
+        summary = train.train_student(cfg, run_dir, mesh, logger)
+    except train.NonFiniteLossError as error:
+        record = {"diverged": True, "error": str(error)}
+        (run_dir / DIVERGED).write_text(json.dumps(record, indent=2))
+        logger.info(f"[compare] {name} diverged, reported and skipped: {error}")
+        return record
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def read_diverged(directory: Path) -> dict[str, Any] | None:
+    """The divergence record of a run (:data:`DIVERGED`), ``None`` when it did not diverge."""
+    path = directory / DIVERGED
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_summary(directory: Path) -> dict[str, Any] | None:
@@ -326,20 +343,30 @@ def sweep(
     row = next(r for r in rows if r.name == settings.row)
     seed = int(settings.get("seed", 0))
     tag = "lr" if kind == "learning_rate" else "beta"
-    accuracies = {}
+    accuracies, diverged = {}, []
     for value in settings["candidates"]:
         name = run_name(row.name, seed, f"{tag}{value:g}")
+        run_dir = workdir / "runs" / name
         if train_runs:
             cfg = student_config(config, workdir, row, seed, {**choices, kind: value})
             train_run(cfg, workdir, mesh, name)
-        elif read_summary(workdir / "runs" / name) is None:
+        if read_diverged(run_dir) is not None:
+            diverged.append(f"{value:g}")
+            continue
+        if read_summary(run_dir) is None:
             return None
-        accuracies[float(value)] = final_validation_accuracy(workdir / "runs" / name)
+        accuracies[float(value)] = final_validation_accuracy(run_dir)
+    if not accuracies:
+        raise ValueError(
+            f"Every {kind} candidate of config.compare.{kind}_sweep diverged "
+            f"({', '.join(diverged)}); see the runs in {workdir / 'runs'}."
+        )
     chosen = max(accuracies, key=lambda value: (accuracies[value], -list(accuracies).index(value)))
     return {
         "row": row.name,
         "seed": seed,
         "validation_accuracy": {f"{value:g}": acc for value, acc in accuracies.items()},
+        "diverged": diverged,
         "chosen": chosen,
     }
 
@@ -389,6 +416,9 @@ def doubling_check(
             cfg = student_config(config, workdir, by_name[name], seed, choices, factor)
             train_run(cfg, workdir, mesh, longer)
         base_dir, long_dir = workdir / "runs" / run_name(name, seed), workdir / "runs" / longer
+        if read_diverged(base_dir) is not None or read_diverged(long_dir) is not None:
+            results.append({"row": name, "seed": seed, "factor": factor, "diverged": True})
+            continue
         if read_summary(base_dir) is None or read_summary(long_dir) is None:
             continue
         base, doubled = final_validation_accuracy(base_dir), final_validation_accuracy(long_dir)
@@ -628,7 +658,19 @@ def choices_markdown(choices: dict[str, Any], doubling: list[dict[str, Any]]) ->
             f"- {kind} sweep ({result['row']}, seed {result['seed']}), final validation "
             f"accuracy per value: {values}; chosen {result['chosen']:g}."
         )
+    for kind, result in choices.get("sweeps", {}).items():
+        if result.get("diverged"):
+            lines.append(
+                f"- {kind} sweep: the value(s) {', '.join(result['diverged'])} diverged "
+                "(non-finite loss or parameter norm blow-up) and were not chosen."
+            )
     for entry in doubling:
+        if entry.get("diverged"):
+            lines.append(
+                f"- doubling check, {entry['row']} seed {entry['seed']}: a run diverged, "
+                "no comparison."
+            )
+            continue
         lines.append(
             f"- doubling check, {entry['row']} seed {entry['seed']}: validation "
             f"{100 * entry['validation_accuracy']:.2f}% -> "
@@ -710,7 +752,17 @@ def describe_setup(config, training_seconds: float, choices: dict[str, Any]) -> 
     )
 
 
-def write_results(config, workdir: Path, runs, teacher: dict[str, Any], choices, doubling):
+def diverged_markdown(diverged: list[dict[str, Any]]) -> str:
+    if not diverged:
+        return ""
+    lines = ["## Runs that diverged (left out of the table)", ""]
+    lines += [f"- {entry['row']}, seed {entry['seed']}: {entry['error']}" for entry in diverged]
+    return "\n".join([*lines, ""])
+
+
+def write_results(
+    config, workdir: Path, runs, teacher: dict[str, Any], choices, doubling, diverged=()
+):
     rows_config, seeds = comparison_settings(config)
     names = [row.name for row in rows_config]
     rows = result_rows(runs, config.time_steps)
@@ -736,7 +788,12 @@ def write_results(config, workdir: Path, runs, teacher: dict[str, Any], choices,
     )
     text = "\n".join(
         part
-        for part in (markdown, paired_markdown(differences), choices_markdown(choices, doubling))
+        for part in (
+            markdown,
+            paired_markdown(differences),
+            choices_markdown(choices, doubling),
+            diverged_markdown(list(diverged)),
+        )
         if part
     )
     (workdir / "results.md").write_text(text + "\n" + headline)
@@ -794,7 +851,7 @@ def run(
     )
     chosen = {k: choices[k] for k in ("learning_rate", "beta") if k in choices}
     table_ready = sweeps_complete(config, choices)
-    runs = []
+    runs, diverged = [], []
     # Seed-major: a comparison stopped early has every row for the seeds it finished.
     for seed in seeds:
         for row in rows_config:
@@ -803,9 +860,12 @@ def run(
                 cfg = student_config(config, workdir, row, seed, chosen)
                 summary = train_run(cfg, workdir, mesh, run_name(row.name, seed))
             else:
-                summary = read_summary(run_dir)
+                summary = read_summary(run_dir) or read_diverged(run_dir)
                 if summary is None:
                     continue
+            if summary.get("diverged"):
+                diverged.append({"row": row.name, "seed": seed, "error": summary["error"]})
+                continue
             runs.append(
                 {
                     "row": row.name,
@@ -829,7 +889,7 @@ def run(
         for entry in runs:
             entry["analysis"] = analyse_run(workdir, run_name(entry["row"], entry["seed"]), mesh)
     if runs:
-        write_results(config, workdir, runs, teacher, choices, doubling)
+        write_results(config, workdir, runs, teacher, choices, doubling, diverged)
     return runs
 
 

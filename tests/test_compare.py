@@ -320,7 +320,8 @@ def test_compare_configs_load_and_every_row_validates(name, tmp_path):
     betas = config.compare.beta_sweep.candidates
     assert len(betas) >= 3 and min(betas) >= 10 and max(betas) <= 800
     assert tuple(config.compare.doubling.rows) == ("ce", "sastc")
-    assert tuple(config.teacher.model_kwargs.widths) >= (32, 64, 128)
+    teacher_widths = tuple(config.teacher.model_kwargs.widths)
+    assert teacher_widths > tuple(config.student.model_kwargs.widths)
     for row in rows:
         cfg = compare.student_config(config, tmp_path, row, seeds[0], {"learning_rate": 0.05})
         configuration.validate(cfg, device_count=1)
@@ -344,3 +345,55 @@ def test_table_without_finished_sweeps_is_refused(tmp_path):
     assert not (tmp_path / "compare" / "teacher").exists()  # refused before any training
     with pytest.raises(ValueError, match=r"Unknown phases \['tables'\]"):
         compare.run(config, tmp_path / "compare", phases=("tables",))
+
+
+def test_a_diverged_run_is_reported_and_the_comparison_goes_on(tmp_path, monkeypatch):
+    """The trainer is replaced by a stand-in: beta 800 diverges, every other run "finishes"
+    with a validation accuracy that falls with beta. The beta sweep never chooses the
+    diverged value, the diverged table row is listed in results.md, the others tabulate,
+    and a rerun skips the diverged run instead of training it again."""
+    config = tiny_config(tmp_path)
+    config.compare.rows = ("ce", "sastc", "sastc_released")
+    config.compare.beta_sweep.candidates = (10.0, 100.0, 800.0)
+    config.compare.paired = (("sastc", "ce"),)
+    trained = []
+
+    def fake_teacher(cfg, workdir, mesh, logger):
+        return {"model": cfg.teacher.model, "final_accuracy": 0.9, "seconds": 1.0}
+
+    def fake_student(cfg, run_dir, mesh, logger):
+        trained.append(run_dir.name)
+        if cfg.method != "ce" and cfg.loss.beta == 800.0:
+            raise train.NonFiniteLossError("non-finite loss at step 7: calibration=nan")
+        accuracy = 0.8 - (cfg.loss.beta / 1e4 if cfg.method != "ce" else 0.0)
+        record = {"split": "validation", "epoch": 1, "step": 3, "accuracy": accuracy}
+        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        return {
+            "final_accuracy": accuracy,
+            "best_accuracy": accuracy,
+            "best_validation_accuracy": accuracy,
+            "accuracy_per_t": [accuracy] * cfg.time_steps,
+            "seconds": 2.0,
+            "images_per_second": 10.0,
+        }
+
+    monkeypatch.setattr(train, "train_teacher", fake_teacher)
+    monkeypatch.setattr(train, "train_student", fake_student)
+    workdir = tmp_path / "compare"
+    runs = compare.run(config, workdir, analyse=False)
+
+    choices = json.loads((workdir / "choices.json").read_text())
+    assert choices["beta"] == 10.0
+    assert choices["sweeps"]["beta"]["diverged"] == ["800"]
+    assert set(choices["sweeps"]["beta"]["validation_accuracy"]) == {"10", "100"}
+    assert [run["row"] for run in runs] == ["ce", "sastc"]
+    record = json.loads((workdir / "runs" / "sastc_released_seed0" / "diverged.json").read_text())
+    assert record == {"diverged": True, "error": "non-finite loss at step 7: calibration=nan"}
+    results = (workdir / "results.md").read_text()
+    assert "## Runs that diverged (left out of the table)" in results
+    assert "- sastc_released, seed 0: non-finite loss at step 7" in results
+    assert "the value(s) 800 diverged" in results
+
+    trained.clear()
+    assert [run["row"] for run in compare.run(config, workdir, analyse=False)] == ["ce", "sastc"]
+    assert trained == []  # finished and diverged runs are both skipped on a rerun
