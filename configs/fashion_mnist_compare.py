@@ -20,7 +20,7 @@ student alone, keeps it near 2.5.
 - Teacher: ConvNet ANN 16/32/64, augmented, 10 epochs, lr 0.05 cosine, trained once.
 - Student: spiking ConvNet 8/16/32, T = 2, 6 epochs of batch 128, cosine; the learning
   rate is chosen for ``ce`` on validation from (0.02, 0.05, 0.1, 0.2) and beta for ``sastc``
-  from (10, 100, 800), seed 0; the doubling check trains ``ce`` and ``sastc`` for 12
+  from (10, 30, 50, 100, 800), seed 0; the doubling check trains ``ce`` and ``sastc`` for 12
   epochs on seed 0.
 - Rows (seeds 0, 1, 2): ``ce``, ``kd``, ``kd_per_step`` (SPEC §3b), ``layerwise``,
   ``spatial``, ``sastc``, ``sastc_scaled`` (learned attention scale from 1: the setting
@@ -100,7 +100,7 @@ def get_config():
             ("sastc_scaled", "sastc"),
         ),
         learning_rate_sweep=dict(row="ce", seed=0, candidates=(0.02, 0.05, 0.1, 0.2)),
-        beta_sweep=dict(row="sastc", seed=0, candidates=(10.0, 100.0, 800.0)),
+        beta_sweep=dict(row="sastc", seed=0, candidates=(10.0, 30.0, 50.0, 100.0, 800.0)),
         doubling=dict(rows=("ce", "sastc"), seed=0, factor=2, tolerance=0.003),
         teacher_max_steps_per_epoch=0,
     )

@@ -1,0 +1,229 @@
+"""Why the calibration helps or does not: ``python -m sastc_jax.diagnose --workdir=RUN_DIR``.
+
+For a calibrated run (``sastc``, ``spatial`` or ``layerwise``; a run of ``sastc_jax.main``
+or one run of :mod:`sastc_jax.compare`), over its validation split (the test split when
+the run holds none out), writes ``diagnosis.json`` and ``diagnosis.md``:
+
+- the loss over training, from ``metrics.jsonl``: at every logged step the share of
+  ``gamma * CE``, ``alpha_kd * KD`` and ``beta * calibration`` in the logged loss;
+- the calibration at initialisation (the run's own seed: the same student and
+  calibration parameters its first step started from) and as trained: the regression
+  error of every (student tap, teacher tap) pair (SPEC §3, mean over time steps and
+  samples), the mean attention ``(T', S, K)`` and its entropy per student tap, and the
+  attention-weighted error that the loss minimises;
+- how far the attention moved: the mean absolute change of its weights and of its
+  entropy between the two.
+
+Only full calibration batches count (a sample's attention depends on its batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sastc_jax import analyze, losses, metrics, models, parallel, train
+
+DIAGNOSIS = "diagnosis.json"
+
+
+def loss_shares(run_dir: Path, weights: losses.LossWeights) -> list[dict[str, float]]:
+    """Per logged training step: each weighted loss part over the logged total loss."""
+    shares = []
+    for record in metrics.read_metrics(run_dir):
+        if record.get("split") != "train" or "calibration" not in record:
+            continue
+        parts = {
+            "ce": weights.gamma * record["ce"],
+            "kd": weights.alpha_kd * record.get("kd", 0.0),
+            "calibration": weights.beta * record["calibration"],
+        }
+        total = record["loss"]
+        shares.append(
+            {
+                "step": record["step"],
+                "loss": total,
+                **{f"{name}_share": value / total for name, value in parts.items()},
+                "unexplained": (total - sum(parts.values())) / total,
+            }
+        )
+    return shares
+
+
+def _errors_and_attention(module, student_taps, teacher_taps):
+    """The two factors of the calibration loss, as ``Calibration.__call__`` forms them."""
+    if module.method == "spatial":
+        student_taps = [jnp.mean(tap, axis=0, keepdims=True) for tap in student_taps]
+    return module.pair_errors(student_taps, teacher_taps), module.attention(
+        student_taps, teacher_taps
+    )
+
+
+def calibration_state(parts, student_variables, calibration_params, teacher_vars, data) -> dict:
+    """Over ``data``'s full batches: mean pair errors ``(S, K)``, mean attention
+    ``(T', S, K)``, its entropy per student tap ``(S,)`` and the attention-weighted error."""
+
+    @jax.jit
+    def batch_sums(student_variables, calibration_params, teacher_vars, images):
+        _, student_state = parts.student.apply(
+            student_variables, images, train=False, mutable=["intermediates"]
+        )
+        _, teacher_state = parts.teacher.apply(
+            teacher_vars, images, train=False, mutable=["intermediates"]
+        )
+        errors, attention = parts.calibrator.apply(
+            {"params": calibration_params},
+            models.get_taps(student_state),
+            models.get_taps(teacher_state),
+            method=_errors_and_attention,
+        )
+        return {
+            "errors": jnp.sum(errors, axis=(0, 1)) / errors.shape[0],  # (S, K)
+            "attention": jnp.sum(attention, axis=1),  # (T', S, K)
+            "entropy": jnp.sum(analyze.attention_entropy(attention), axis=(0, 1))
+            / attention.shape[0],  # (S,)
+            "weighted": jnp.sum(attention * errors) / (attention.shape[0] * attention.shape[2]),
+        }
+
+    totals, examples = None, 0
+    for batch in data.epoch(0):
+        if not batch["mask"].all():
+            continue
+        sums = jax.device_get(
+            batch_sums(student_variables, calibration_params, teacher_vars, batch["image"])
+        )
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        examples += batch["mask"].size
+    if not examples:
+        raise ValueError("The split has no full calibration batch to diagnose.")
+    mean = {name: np.asarray(value) / examples for name, value in totals.items()}
+    return {
+        "examples": examples,
+        "pair_errors": mean["errors"].tolist(),
+        "attention": mean["attention"].tolist(),
+        "entropy_per_student_tap": mean["entropy"].tolist(),
+        "weighted_error": float(mean["weighted"]),
+    }
+
+
+def diagnose_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
+    """Diagnose the calibration of ``run_dir``; writes and returns ``diagnosis.json``."""
+    run_dir = Path(run_dir)
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    config = analyze.load_config(run_dir)
+    if config.method not in losses.CALIBRATED_METHODS:
+        raise ValueError(
+            f"{run_dir} trained method {config.method!r}, which has no calibration; diagnose "
+            f"needs one of {sorted(losses.CALIBRATED_METHODS)}."
+        )
+    stage, trained = analyze.restore_student(config, run_dir, mesh)
+    initial = jax.device_get(train.portable(stage.state, mesh))
+    data = stage.validation_data or stage.eval_data
+    sample = np.zeros((data.batch_size, *data.input_shape), np.float32)
+    parts = train.build_distillation(config, data.num_classes, sample)
+    teacher_vars = jax.device_get(stage.frozen)
+    states = {}
+    for name, state in (("initial", initial), ("trained", trained)):
+        variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+        states[name] = calibration_state(
+            parts, variables, state.params["calibration"], teacher_vars, data
+        )
+    attention = {name: np.asarray(states[name]["attention"]) for name in states}
+    entropy = {name: np.asarray(states[name]["entropy_per_student_tap"]) for name in states}
+    weights = losses.LossWeights.from_config(config.loss)
+    result = {
+        "run": str(run_dir),
+        "method": config.method,
+        "split": "validation" if stage.validation_data is not None else "test",
+        "beta": weights.beta,
+        "max_entropy": math.log(attention["trained"].shape[-1]),
+        "loss_shares": loss_shares(run_dir, weights),
+        **states,
+        "attention_change": float(np.mean(np.abs(attention["trained"] - attention["initial"]))),
+        "entropy_change": (entropy["trained"] - entropy["initial"]).tolist(),
+    }
+    (run_dir / DIAGNOSIS).write_text(json.dumps(result, indent=2))
+    (run_dir / "diagnosis.md").write_text(diagnosis_markdown(result))
+    return result
+
+
+def _matrix(rows: Sequence[Sequence[float]], digits: int = 4) -> list[str]:
+    header = "| student tap | " + " | ".join(f"teacher {j + 1}" for j in range(len(rows[0])))
+    lines = [header + " |", "|" + " --- |" * (len(rows[0]) + 1)]
+    for i, row in enumerate(rows):
+        lines.append(f"| {i + 1} | " + " | ".join(f"{value:.{digits}g}" for value in row) + " |")
+    return lines
+
+
+def diagnosis_markdown(result: dict[str, Any]) -> str:
+    shares = result["loss_shares"]
+    lines = [
+        f"# Calibration diagnosis: {result['run']}",
+        "",
+        f"Method {result['method']}, beta {result['beta']:g}, over the {result['split']} split.",
+        "",
+    ]
+    if shares:
+        picks = sorted(
+            {0, len(shares) // 4, len(shares) // 2, 3 * len(shares) // 4, len(shares) - 1}
+        )
+        lines += [
+            "## Share of the training loss",
+            "",
+            "| step | loss | gamma CE | alpha KD | beta calibration |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for index in picks:
+            entry = shares[index]
+            lines.append(
+                f"| {entry['step']} | {entry['loss']:.4g} | {100 * entry['ce_share']:.1f}% "
+                f"| {100 * entry['kd_share']:.1f}% | {100 * entry['calibration_share']:.1f}% |"
+            )
+        lines.append("")
+    for name in ("initial", "trained"):
+        state = result[name]
+        mean_attention = np.mean(np.asarray(state["attention"]), axis=0)
+        entropy = ", ".join(f"{value:.3f}" for value in state["entropy_per_student_tap"])
+        lines += [
+            f"## {name.capitalize()} ({state['examples']} examples)",
+            "",
+            "Regression error per pair:",
+            "",
+            *_matrix(state["pair_errors"]),
+            "",
+            "Attention (mean over time steps):",
+            "",
+            *_matrix(mean_attention.tolist(), digits=3),
+            "",
+            f"Attention entropy per student tap: {entropy} (maximum "
+            f"{result['max_entropy']:.3f} nats). Attention-weighted error: "
+            f"{state['weighted_error']:.4g}.",
+            "",
+        ]
+    change = ", ".join(f"{value:+.3f}" for value in result["entropy_change"])
+    lines += [
+        f"Attention moved by {result['attention_change']:.4f} per weight on average; entropy "
+        f"change per student tap: {change} nats.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="A trained calibrated run's directory.")
+    args = parser.parse_args(argv)
+    result = diagnose_run(args.workdir)
+    print(diagnosis_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
