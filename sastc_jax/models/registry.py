@@ -60,6 +60,11 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     return get_model_class(name)(**kwargs)
 
 
+def supports_remat(name: str) -> bool:
+    """Whether the registered model has a ``remat`` attribute (every student here does)."""
+    return "remat" in getattr(get_model_class(name), "__dataclass_fields__", {})
+
+
 def is_spiking(name: str) -> bool:
     """Whether the registered model is an SNN (time-major taps and per-step logits)."""
     return get_model_class(name).spiking
