@@ -180,7 +180,7 @@ def jax_conv(framework: str, steps: int, batch: int, repeats: int) -> dict:
         cotangent = jax.random.normal(jax.random.key(2), images.shape)
 
         def conv(kernel, images):
-            return ops.select('auto').conv_general_dilated(
+            return ops.select("auto").conv_general_dilated(
                 images,
                 kernel,
                 (1, 1),

@@ -79,9 +79,7 @@ def student_and_calibration_gradient_jaxpr(chosen: ops.Ops):
     student_taps = models.get_taps(mutated)
     teacher_taps = [jnp.ones((B, *tap.shape[2:])) for tap in student_taps]
     calibrator = calibration.calibration_module(student_taps, teacher_taps, remat=True, ops=chosen)
-    calibration_params = calibration.init_calibration(
-        jax.random.key(1), student_taps, teacher_taps
-    )
+    calibration_params = calibration.init_calibration(jax.random.key(1), student_taps, teacher_taps)
 
     def loss(params):
         logits, mutated = student.apply(

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sastc_jax.ops import remat
 from sastc_jax.models.snn import SpikingBasicBlock
+from sastc_jax.ops import remat
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from sastc_jax import ops as ops_lib
-from sastc_jax.ops import Ops
 from sastc_jax.neurons import LIFConfig, lif
+from sastc_jax.ops import Ops
 
 Array = jax.Array
 Dtype = Any
@@ -181,14 +181,14 @@ def conv(
     *,
     dtype: Dtype = jnp.float32,
     init_scheme: str = "torchvision",
-    ops: Ops,
+    ops: Ops | None = None,
     name: str | None = None,
 ) -> nn.Conv:
     """Bias-free square conv with PyTorch-style symmetric padding ``kernel_size // 2``.
 
     Explicit padding (not ``'SAME'``) keeps strided convs aligned with the
     PyTorch reference on even inputs. ``init_scheme`` names the scheme (module docstring);
-    ``ops`` gives the convolution's form.
+    ``ops`` gives the convolution's form (``None``: ``ops.select('auto')``).
     """
     pad = kernel_size // 2
     return nn.Conv(
@@ -200,7 +200,7 @@ def conv(
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=conv_kernel_init(init_scheme),
-        conv_general_dilated=ops.conv_general_dilated,
+        conv_general_dilated=(ops or ops_lib.default()).conv_general_dilated,
         name=name,
     )
 

@@ -56,7 +56,8 @@ def get_model_class(name: str) -> type[nn.Module]:
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the model registered under ``name`` with dataclass attributes ``kwargs``."""
+    """Build the model registered under ``name`` with dataclass attributes ``kwargs``;
+    ``ops=`` (:func:`sastc_jax.ops.select`) is one of them, ``select('auto')`` if left out."""
     return get_model_class(name)(**kwargs)
 
 

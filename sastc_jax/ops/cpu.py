@@ -58,7 +58,13 @@ def _explicit_padding(
 
 
 def _plain_conv(
-    lhs_shape, rhs_shape, lhs_dilation, rhs_dilation, dimension_numbers, feature_groups, batch_groups
+    lhs_shape,
+    rhs_shape,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_groups,
+    batch_groups,
 ) -> bool:
     """An NHWC/HWIO convolution without dilation or grouping."""
     if not _plain_nhwc(lhs_shape, rhs_shape, dimension_numbers):

@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 from flax.core import lift
 
-
 # Every computation of these forms runs inside this named scope (jaxpr name stacks, HLO
 # metadata), so a test can tell that they are, or are not, part of a computation.
 NAMED_SCOPE = "cpu_remat"
