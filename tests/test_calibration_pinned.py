@@ -143,6 +143,7 @@ def test_loss_and_gradients_are_those_of_commit_40cc26e(method, remat):
     np.testing.assert_allclose(statistics, PINNED[method], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_xla_ops_agree_with_the_cpu_forms_to_summation_order():
     statistics = loss_and_gradient_statistics("sastc", True, ops.XLA, init("sastc"))
     np.testing.assert_allclose(statistics, PINNED["sastc"], rtol=1e-4)
