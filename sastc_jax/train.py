@@ -172,6 +172,9 @@ def build_teacher(config, num_classes: int, ops: ops_lib.Ops | None = None) -> f
 
 
 def build_student(config, num_classes: int, ops: ops_lib.Ops | None = None) -> flax.linen.Module:
+    # remat is passed only when set (configuration.validate refuses it for a student
+    # without the option), so a registered student without it still builds.
+    remat = {"remat": True} if config.get("remat", False) else {}
     return model_from_config(
         config.student,
         "student",
@@ -179,8 +182,8 @@ def build_student(config, num_classes: int, ops: ops_lib.Ops | None = None) -> f
         time_steps=config.time_steps,
         neuron=neurons.LIFConfig(**config.neuron.to_dict()),
         dtype=step_lib.compute_dtype(config),
-        remat=config.get("remat", False),
         ops=ops or build_ops(config),
+        **remat,
     )
 
 

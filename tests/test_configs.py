@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sastc_jax import configuration, data, losses, ops, parallel, step, train
+from sastc_jax import configuration, data, losses, models, ops, parallel, step, train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py"))
@@ -221,7 +221,9 @@ def test_ops_are_validated_and_reach_every_built_module():
     config.teacher.model, config.student.model = "convnet_ann", "convnet_snn"
     config.teacher.model_kwargs.widths = (4, 8, 8)
     config.student.model_kwargs.widths = (4, 8, 8)
-    configuration.validate(config)  # every student supports remat
+    configuration.validate(config)
+    students = [name for name in models.list_models() if models.is_spiking(name)]
+    assert len(students) == 5 and all(models.supports_remat(name) for name in students)
     images = np.zeros((8, 12, 12, 1), np.float32)
     built = train.build_distillation(config, 10, images)
     assert built.student.ops is built.teacher.ops is built.calibrator.ops is ops.XLA

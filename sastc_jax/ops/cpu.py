@@ -3,7 +3,7 @@
 Contract: :func:`conv_general_dilated` (and :class:`MatmulConv`, the same with its
 ``min_rows`` bound, for the ``conv_general_dilated`` field of ``flax.linen.Conv``) is a
 drop-in for ``jax.lax.conv_general_dilated`` with the same arguments and result (equal
-beyond float32 summation order). It differs from XLA's in implementation only:
+up to float32 summation order). It differs from XLA's in implementation only:
 
 - a plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation or grouping
   is a strided slice and one ``dot_general`` (:func:`pointwise`); its gradients are the
@@ -13,7 +13,9 @@ beyond float32 summation order). It differs from XLA's in implementation only:
   matrix product per kernel offset (:func:`matmul_kernel_gradient`, a ``custom_vjp``);
   the forward pass and the input gradient stay XLA's.
 
-Everything else is ``lax.conv_general_dilated`` unchanged. There is no backend test
+Everything else is ``lax.conv_general_dilated`` unchanged. The replaced computations run
+inside ``jax.named_scope(NAMED_SCOPE)``, which tells them apart in a jaxpr or HLO dump
+(``tests/test_ops.py``). There is no backend test
 here: whoever selects these forms gets them (:func:`sastc_jax.ops.select` picks them
 only for the CPU backend). Why and by how much they are faster on the CPU:
 docs/performance.md, "Convolution forms on the CPU" (``benchmarks/conv_weight_grad.py``).

@@ -9,6 +9,8 @@ Contract:
   ``flax.linen.remat``; mutable collections such as ``batch_stats`` are returned);
 - :func:`after`: a tree unchanged in value but computed after another value.
 
+Their computations run inside ``jax.named_scope(NAMED_SCOPE)`` (``tests/test_ops.py``).
+
 Arguments named in ``binary_argnames`` are saved as int8 (a quarter of float32) and
 restored exactly, which is right only for values in {0, 1} (spikes): that cannot be
 checked inside a traced computation, so callers name only arguments that are binary by
