@@ -1,5 +1,5 @@
 """Kernel (weight) gradient of the ResNet-19 3x3 convolutions: XLA's own against
-``sastc_jax.convolution``'s one matmul per kernel offset, in one process.
+``sastc_jax.ops.cpu``'s one matmul per kernel offset, in one process.
 
     python benchmarks/conv_weight_grad.py [--batch 128] [--repeats 5]
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sastc_jax import convolution
+from sastc_jax.ops import cpu
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 PADS = ((1, 1), (1, 1))
@@ -52,7 +52,7 @@ def xla_kernel_grad(x, kernel, grad):
 
 @jax.jit
 def matmul_kernel_grad(x, kernel, grad):
-    return convolution.matmul_kernel_gradient(x, grad, kernel.shape, PADS)
+    return cpu.matmul_kernel_gradient(x, grad, kernel.shape, PADS)
 
 
 def measure(batch: int, size: int, c_in: int, c_out: int, repeats: int) -> str:
@@ -68,7 +68,7 @@ def measure(batch: int, size: int, c_in: int, c_out: int, repeats: int) -> str:
         "kernel grad XLA": best_time(repeats, xla_kernel_grad, x, kernel, grad),
         "kernel grad matmul": best_time(repeats, matmul_kernel_grad, x, kernel, grad),
     }
-    used = convolution.uses_matmul_kernel_gradient(
+    used = cpu.uses_matmul_kernel_gradient(
         x.shape, kernel.shape, (1, 1), PADS, dimension_numbers=NHWC
     )
     figures = ", ".join(
@@ -78,7 +78,7 @@ def measure(batch: int, size: int, c_in: int, c_out: int, repeats: int) -> str:
     speedup = timings["kernel grad XLA"] / timings["kernel grad matmul"]
     return (
         f"{size}x{size}, {c_in}->{c_out}: {figures}; matmul/XLA speed-up {speedup:.2f}x; "
-        f"used by the library: {used}"
+        f"used by ops='cpu_matmul': {used}"
     )
 
 

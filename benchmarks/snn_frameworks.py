@@ -169,7 +169,7 @@ def jax_conv(framework: str, steps: int, batch: int, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from sastc_jax import convolution
+    from sastc_jax import ops
     from sastc_jax.models import layers
 
     shape = (steps, batch, CONV_SIZE, CONV_SIZE, CONV_CHANNELS)
@@ -180,7 +180,7 @@ def jax_conv(framework: str, steps: int, batch: int, repeats: int) -> dict:
         cotangent = jax.random.normal(jax.random.key(2), images.shape)
 
         def conv(kernel, images):
-            return convolution.conv_general_dilated(
+            return ops.select("auto").conv_general_dilated(
                 images,
                 kernel,
                 (1, 1),

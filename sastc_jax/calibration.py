@@ -15,6 +15,12 @@ Methods:
 
 The notebook entry points are :func:`init_calibration` and :func:`calibration_loss`.
 
+One forward definition serves init and apply: each (student, teacher) pair has a
+:class:`Regressor` (its parameters, ``regressors_{i}_{j}``), and the regressors that read
+the same aligned student tap run together as a :class:`RegressorGroup`
+(:func:`fused_regressors`: one 3x3 convolution for all of them). The convolution and
+rematerialisation forms come from the module's ``ops`` (:mod:`sastc_jax.ops`).
+
 Initialisation as the release, whose MLPs and regressors are plain ``nn.Linear`` /
 ``nn.Conv2d`` / ``nn.BatchNorm2d`` with PyTorch's defaults: weights and MLP biases
 uniform in +-1/sqrt(fan_in), batch norm scale 1 and bias 0.
@@ -30,8 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sastc_jax import convolution, remat
-from sastc_jax.models.layers import Dense, pytorch_weight_init
+from sastc_jax.models.layers import Dense, ops_field, pytorch_weight_init
+from sastc_jax.ops import Ops
 
 Array = jax.Array
 METHODS = ("sastc", "spatial", "layerwise")
@@ -98,6 +104,16 @@ class EmbeddingMLP(nn.Module):
         return embedding * jax.lax.rsqrt(jnp.maximum(squared_norm, 1e-24))
 
 
+def time_step_batch_norm(x: Array, scale: Array, bias: Array, epsilon: float = 1e-5) -> Array:
+    """Batch norm of ``(T, B, H, W, C)`` with each time step's own batch statistics,
+    reduced over (B, H, W) in float32; ``scale``, ``bias``: ``(C,)``. Keeps ``x``'s dtype."""
+    stats_input = x.astype(jnp.float32)
+    mean = jnp.mean(stats_input, axis=(1, 2, 3), keepdims=True)
+    var = jnp.var(stats_input, axis=(1, 2, 3), keepdims=True)
+    normed = (stats_input - mean) * jax.lax.rsqrt(var + epsilon)
+    return (normed * scale + bias).astype(x.dtype)
+
+
 class TimeStepBatchNorm(nn.Module):
     """Batch norm of ``(T, B, H, W, C)`` with each time step's own batch statistics.
 
@@ -110,57 +126,65 @@ class TimeStepBatchNorm(nn.Module):
     epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
-        channels = x.shape[-1]
+    def parameters(self, channels: int) -> dict:
+        """``{'scale': (C,), 'bias': (C,)}``, created at init (scale 1, bias 0)."""
         scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-        stats_input = x.astype(jnp.float32)
-        mean = jnp.mean(stats_input, axis=(1, 2, 3), keepdims=True)
-        var = jnp.var(stats_input, axis=(1, 2, 3), keepdims=True)
-        normed = (stats_input - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return (normed * scale + bias).astype(x.dtype)
+        return {"scale": scale, "bias": bias}
+
+    def __call__(self, x: Array) -> Array:
+        params = self.parameters(x.shape[-1])
+        return time_step_batch_norm(x, params["scale"], params["bias"], self.epsilon)
+
+
+class ConvKernel(nn.Module):
+    """The kernel ``(k, k, C_in, features)`` of a bias-free convolution, initialised as
+    ``nn.Conv2d``'s (PyTorch's default); the parameter is ``kernel``, as ``nn.Conv``'s."""
+
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, in_channels: int) -> Array:
+        shape = (self.kernel_size, self.kernel_size, in_channels, self.features)
+        return self.param("kernel", pytorch_weight_init, shape, jnp.float32)
 
 
 class Regressor(nn.Module):
     """conv3x3(C_i -> 2 C_j) -> BN -> ReLU -> conv1x1(2 C_j -> C_j), no biases.
 
     Input ``(T, B, H, W, C_i)``; the convolutions run once on the merged T*B
-    batch, the batch norm per time step. Output ``(T, B, H, W, C_j)``.
+    batch, the batch norm per time step. Output ``(T, B, H, W, C_j)``. Parameters:
+    ``conv3x3/kernel``, ``bn/scale``, ``bn/bias``, ``conv1x1/kernel``. Computed as a
+    group of one (:func:`fused_regressors`).
     """
 
     out_channels: int
     dtype: jnp.dtype = jnp.float32
+    ops: Ops = ops_field()
 
-    @nn.compact
+    def setup(self):
+        self.conv3x3 = ConvKernel(2 * self.out_channels, 3)
+        self.bn = TimeStepBatchNorm()
+        self.conv1x1 = ConvKernel(self.out_channels, 1)
+
+    def parameters(self, in_channels: int) -> dict:
+        """The parameter dict for input channels ``in_channels`` (created at init)."""
+        return {
+            "conv3x3": {"kernel": self.conv3x3(in_channels)},
+            "bn": self.bn.parameters(2 * self.out_channels),
+            "conv1x1": {"kernel": self.conv1x1(2 * self.out_channels)},
+        }
+
     def __call__(self, x: Array) -> Array:
-        steps, batch = x.shape[:2]
-        merged = x.reshape(steps * batch, *x.shape[2:])
-        hidden = nn.Conv(
-            2 * self.out_channels,
-            (3, 3),
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=pytorch_weight_init,
-            conv_general_dilated=convolution.conv_general_dilated,
-            name="conv3x3",
-        )(merged)
-        hidden = TimeStepBatchNorm(name="bn")(hidden.reshape(steps, batch, *hidden.shape[1:]))
-        hidden = nn.relu(hidden).reshape(steps * batch, *hidden.shape[2:])
-        out = nn.Conv(
-            self.out_channels,
-            (1, 1),
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=pytorch_weight_init,
-            name="conv1x1",
-        )(hidden)
-        return out.reshape(steps, batch, *out.shape[1:])
+        params = self.parameters(x.shape[-1])
+        return fused_regressors([params], x, self.ops, self.dtype)[0]
 
 
-def _conv(x: Array, kernel: Array, dtype) -> Array:
+def _conv(x: Array, kernel: Array, ops: Ops, dtype) -> Array:
     """The bias-free stride-1 'SAME' convolution of ``nn.Conv`` on ``(N, H, W, C)``."""
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    return convolution.conv_general_dilated(
+    return ops.conv_general_dilated(
         x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
@@ -173,42 +197,74 @@ def squared_error(regressed: Array, teacher: Array) -> Array:
 
 
 def fused_regressor_errors(
-    params: Sequence[dict], x: Array, teachers: Sequence[Array], dtype: jnp.dtype = jnp.float32
+    params: Sequence[dict],
+    x: Array,
+    teachers: Sequence[Array],
+    ops: Ops,
+    dtype: jnp.dtype = jnp.float32,
 ) -> list:
     """:func:`fused_regressors` followed by :func:`squared_error` against each teacher."""
-    outputs = fused_regressors(params, x, dtype)
+    outputs = fused_regressors(params, x, ops, dtype)
     return [squared_error(out, teacher) for out, teacher in zip(outputs, teachers, strict=True)]
 
 
-def fused_regressors(params: Sequence[dict], x: Array, dtype: jnp.dtype = jnp.float32) -> list:
+def fused_regressors(
+    params: Sequence[dict], x: Array, ops: Ops, dtype: jnp.dtype = jnp.float32
+) -> list:
     """Several :class:`Regressor` s that read the same input, run as one.
 
     ``params`` are the regressors' parameter dicts, ``x`` their common input
     ``(T, B, H, W, C_i)``. Their conv3x3 kernels are concatenated along the output
     channels (one convolution instead of one per regressor), the per-time-step batch
     norm and the ReLU act per channel on the concatenation, and each regressor's
-    conv1x1 reads its own slice of it. Every output channel sees the same arithmetic
-    as in :meth:`Regressor.__call__`; returns the regressors' outputs in order.
+    conv1x1 reads its own slice of it: every output channel sees the arithmetic of one
+    regressor alone. Both convolutions are ``ops.conv_general_dilated``. Returns the
+    regressors' outputs ``(T, B, H, W, C_j)`` in order.
     """
     steps, batch = x.shape[:2]
     merged = x.reshape(steps * batch, *x.shape[2:])
     kernel = jnp.concatenate([p["conv3x3"]["kernel"] for p in params], axis=-1)
-    hidden = _conv(merged, kernel, dtype).reshape(steps, batch, *merged.shape[1:3], -1)
-    stats_input = hidden.astype(jnp.float32)
-    mean = jnp.mean(stats_input, axis=(1, 2, 3), keepdims=True)
-    var = jnp.var(stats_input, axis=(1, 2, 3), keepdims=True)
-    normed = (stats_input - mean) * jax.lax.rsqrt(var + TimeStepBatchNorm.epsilon)
+    hidden = _conv(merged, kernel, ops, dtype).reshape(steps, batch, *merged.shape[1:3], -1)
     scale = jnp.concatenate([p["bn"]["scale"] for p in params])
     bias = jnp.concatenate([p["bn"]["bias"] for p in params])
-    hidden = nn.relu((normed * scale + bias).astype(hidden.dtype))
+    hidden = nn.relu(time_step_batch_norm(hidden, scale, bias, TimeStepBatchNorm.epsilon))
     hidden = hidden.reshape(steps * batch, *hidden.shape[2:])
     outputs, start = [], 0
     for p in params:
         width = p["conv3x3"]["kernel"].shape[-1]
-        out = _conv(hidden[..., start : start + width], p["conv1x1"]["kernel"], dtype)
+        out = _conv(hidden[..., start : start + width], p["conv1x1"]["kernel"], ops, dtype)
         outputs.append(out.reshape(steps, batch, *out.shape[1:]))
         start += width
     return outputs
+
+
+class RegressorGroup(nn.Module):
+    """The regressors that read one aligned student tap, run together.
+
+    ``regressors`` are :class:`Regressor` s owned by the parent (their parameters stay
+    ``regressors_{i}_{j}`` there; the group has none of its own). ``__call__(student,
+    teachers, previous)``: ``student`` ``(T, B, H, W, C_i)``, one aligned teacher
+    ``(B, H, W, C_j)`` per regressor; returns their squared errors, ``(T, B)`` each.
+    ``remat``: recompute the group's activations in the backward pass (``ops.checkpoint``);
+    its parameters are then read after ``previous`` (the previous group's errors), so
+    on the CPU one group's backward pass runs at a time.
+    """
+
+    regressors: Sequence[Regressor]
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+    ops: Ops = ops_field()
+
+    def __call__(
+        self, student: Array, teachers: Sequence[Array], previous: Sequence[Array] | None = None
+    ) -> list:
+        params = [regressor.parameters(student.shape[-1]) for regressor in self.regressors]
+        run = functools.partial(fused_regressor_errors, ops=self.ops, dtype=self.dtype)
+        if not self.remat:
+            return run(params, student, teachers)
+        if previous is not None:
+            params = self.ops.after(params, previous)
+        return self.ops.checkpoint(run)(params, student, teachers)
 
 
 class Calibration(nn.Module):
@@ -223,6 +279,8 @@ class Calibration(nn.Module):
       dtype: compute dtype of the regressor convolutions.
       remat: recompute each regressor group's activations in the backward pass
         instead of keeping them (less memory, the same numbers).
+      ops: the convolution and rematerialisation forms (:mod:`sastc_jax.ops`);
+        ``ops.select('auto')`` when not given.
       attention_scale: ``s`` in ``softmax_j(s * <q, k>)`` (SPEC §3b); 1 = the paper.
       learn_attention_scale: learn ``s`` (positive, as the parameter ``log_scale``
         initialised to ``log(attention_scale)``); off, the module has no such parameter.
@@ -240,6 +298,7 @@ class Calibration(nn.Module):
     remat: bool = False
     attention_scale: float = 1.0
     learn_attention_scale: bool = False
+    ops: Ops = ops_field()
 
     def pairs(self) -> list[tuple[int, int]]:
         """The (student, teacher) tap pairs that get a regressor."""
@@ -264,9 +323,29 @@ class Calibration(nn.Module):
                     "log_scale", lambda _: jnp.asarray(initial, jnp.float32)
                 )
         self.regressors = {
-            f"{i}_{j}": Regressor(self.teacher_shapes[j][-1], dtype=self.dtype)
+            f"{i}_{j}": Regressor(self.teacher_shapes[j][-1], dtype=self.dtype, ops=self.ops)
             for i, j in self.pairs()
         }
+        self.regressor_groups = [
+            RegressorGroup(
+                tuple(self.regressors[f"{i}_{j}"] for j in group),
+                dtype=self.dtype,
+                remat=self.remat,
+                ops=self.ops,
+            )
+            for (i, _), group in self.groups().items()
+        ]
+
+    def groups(self) -> dict[tuple[int, tuple[int, int]], list[int]]:
+        """``{(i, aligned size): [j, ...]}``: the teacher taps whose regressors read the
+        same aligned student tap i (the student map, or its max-pool to that size)."""
+        groups: dict[tuple[int, tuple[int, int]], list[int]] = {}
+        for i, j in self.pairs():
+            student, teacher = self.student_shapes[i], self.teacher_shapes[j]
+            pooled = student[0] > teacher[0]  # as in align_pair
+            size = tuple(teacher[:2]) if pooled else tuple(student[:2])
+            groups.setdefault((i, size), []).append(j)
+        return groups
 
     def scale(self) -> Array | float:
         """The attention scale ``s``: ``exp(log_scale)`` when learned, else the fixed one."""
@@ -305,39 +384,20 @@ class Calibration(nn.Module):
 
         Returns ``(T, B, S, K)``; pairs without a regressor (layerwise off-diagonal) are 0.
         Regressors whose aligned student input is the same array (same student tap,
-        same pooled size) run together through :func:`fused_regressors`.
+        same pooled size) run together as one :class:`RegressorGroup`.
         """
         steps, batch = student_taps[0].shape[:2]
-        groups: dict[tuple[int, tuple[int, int]], list[int]] = {}
-        for i, j in self.pairs():
-            pooled = student_taps[i].shape[2] > teacher_taps[j].shape[1]  # as in align_pair
-            size = teacher_taps[j].shape[1:3] if pooled else student_taps[i].shape[2:4]
-            groups.setdefault((i, size), []).append(j)
         errors = jnp.zeros((steps, batch, len(student_taps), len(teacher_taps)), jnp.float32)
         previous = None
-        for (i, _), group in groups.items():
+        for ((i, _), group), regressor_group in zip(
+            self.groups().items(), self.regressor_groups, strict=True
+        ):
             merged = student_taps[i].reshape(steps * batch, *student_taps[i].shape[2:])
             aligned = [align_pair(merged, teacher_taps[j]) for j in group]
             student = aligned[0][0].reshape(steps, batch, *aligned[0][0].shape[1:])
             teachers = [teacher for _, teacher in aligned]
-            if self.is_initializing():  # creates each regressor's parameters
-                regressed = [self.regressors[f"{i}_{j}"](student) for j in group]
-                group_errors = [
-                    squared_error(out, t) for out, t in zip(regressed, teachers, strict=True)
-                ]
-            else:
-                params = [self.variables["params"][f"regressors_{i}_{j}"] for j in group]
-                run = functools.partial(fused_regressor_errors, dtype=self.dtype)
-                if self.remat:
-                    # One group's backward pass at a time: its parameters are read after
-                    # the previous group's errors, so its recomputation (and its
-                    # gradient) is ordered after that group's.
-                    if previous is not None:
-                        params = remat.after(params, previous)
-                    group_errors = remat.checkpoint(run)(params, student, teachers)
-                    previous = group_errors
-                else:
-                    group_errors = run(params, student, teachers)
+            group_errors = regressor_group(student, teachers, previous)
+            previous = group_errors
             for j, error in zip(group, group_errors, strict=True):
                 errors = errors.at[:, :, i, j].set(error)
         return errors
@@ -439,8 +499,10 @@ def calibration_module(
     remat: bool = False,
     attention_scale: float = 1.0,
     learn_attention_scale: bool = False,
+    ops: Ops | None = None,
 ) -> Calibration:
-    """The :class:`Calibration` module matching these taps (batch from the student taps)."""
+    """The :class:`Calibration` module matching these taps (batch from the student taps);
+    ``ops=None``: the module's default, ``ops.select('auto')``."""
     return Calibration(
         student_shapes=tuple(_tap_shape(tap) for tap in student_taps),
         teacher_shapes=tuple(_tap_shape(tap) for tap in teacher_taps),
@@ -451,6 +513,7 @@ def calibration_module(
         remat=remat,
         attention_scale=attention_scale,
         learn_attention_scale=learn_attention_scale,
+        **({} if ops is None else {"ops": ops}),
     )
 
 
@@ -463,6 +526,7 @@ def init_calibration(
     embed_dim: int | None = None,
     attention_scale: float = 1.0,
     learn_attention_scale: bool = False,
+    ops: Ops | None = None,
 ) -> dict:
     """Initialise the calibration variables for taps of these shapes.
 
@@ -476,6 +540,7 @@ def init_calibration(
         embed_dim=embed_dim,
         attention_scale=attention_scale,
         learn_attention_scale=learn_attention_scale,
+        ops=ops,
     )
     student = [jnp.zeros(tap.shape, jnp.float32) for tap in student_taps]
     teacher = [jnp.zeros(tap.shape, jnp.float32) for tap in teacher_taps]
@@ -492,6 +557,7 @@ def calibration_loss(
     dtype: jnp.dtype = jnp.float32,
     attention_scale: float = 1.0,
     learn_attention_scale: bool = False,
+    ops: Ops | None = None,
 ) -> tuple[Array, Array]:
     """The SASTC loss as a pure function.
 
@@ -502,6 +568,7 @@ def calibration_loss(
       method: ``'sastc'`` | ``'spatial'`` | ``'layerwise'``.
       attention_scale, learn_attention_scale: as :class:`Calibration` (SPEC §3b); a
         learned scale is read from ``variables`` (``log_scale``).
+      ops: the convolution forms (:mod:`sastc_jax.ops`); ``None``: ``select('auto')``.
 
     Returns:
       ``(loss, attention)``: the scalar ``L_sastc`` of SPEC §3.5 and the attention
@@ -517,6 +584,7 @@ def calibration_loss(
         dtype=dtype,
         attention_scale=attention_scale,
         learn_attention_scale=learn_attention_scale,
+        ops=ops,
     )
     return module.apply(variables, student_taps, teacher_taps)
 
@@ -535,8 +603,10 @@ def regressor_macs(student_shapes, teacher_shapes, method: str = "sastc") -> int
 __all__ = [
     "METHODS",
     "Calibration",
+    "ConvKernel",
     "EmbeddingMLP",
     "Regressor",
+    "RegressorGroup",
     "TimeStepBatchNorm",
     "adaptive_pool",
     "align_pair",
@@ -546,4 +616,5 @@ __all__ = [
     "init_calibration",
     "regressor_macs",
     "similarity",
+    "time_step_batch_norm",
 ]

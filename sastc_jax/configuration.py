@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sastc_jax import data, losses, models, neurons, torch_import
+from sastc_jax import data, losses, models, neurons, ops, torch_import
 from sastc_jax.models.layers import INIT_SCHEMES
 
 STAGES = ("teacher", "distill", "all", "evaluate")
@@ -65,9 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
     # 'student' (WORKDIR/student, latest checkpoint) or 'student_best' (its best one).
     config.evaluate = "student"
     config.dtype = "float32"  # compute dtype; 'bfloat16' for GPU/TPU runs
-    # Rematerialise every spiking block and regressor group in the backward pass
-    # (sastc_jax/remat.py): the same numbers, about half the memory, a slower step.
+    # Rematerialise every spiking block (ResNets) or conv + BN (VGG, ConvNet) and every
+    # regressor group in the backward pass: the same numbers, about half the memory
+    # (ResNet-19), a slower step.
     config.remat = False
+    # The convolution / remat forms (sastc_jax/ops): 'auto' = the CPU matmul forms on the
+    # CPU backend only, 'xla' = XLA's own everywhere, 'cpu_matmul' = the CPU forms anywhere.
+    config.ops = "auto"
 
     config.dataset = ml_collections.ConfigDict(
         dict(
@@ -175,6 +179,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
             "stage `distill`, `all` or `evaluate` with this file, or name a directory."
         )
     choice("dtype", config.dtype, DTYPES)
+    choice("ops", config.get("ops", "auto"), ops.NAMES)
     choice("method", config.method, losses.METHODS)
     choice("dataset.name", config.dataset.name, DATASETS)
     choice("dataset.source", config.dataset.source, data.SOURCES[config.dataset.name])
@@ -194,6 +199,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
         raise ValueError(
             f"config.student.model = {config.student.model!r} is an ANN; "
             "the student must be a spiking model (a *_snn model)."
+        )
+    if config.get("remat", False) and not models.supports_remat(config.student.model):
+        supported = [name for name in models.list_models() if models.supports_remat(name)]
+        raise ValueError(
+            f"config.remat = True, but the student {config.student.model!r} has no remat "
+            f"option; the students that support it: {', '.join(supported)}."
         )
     if not 0.0 <= config.dataset.validation_fraction < 1.0:
         raise ValueError(

@@ -38,6 +38,7 @@ from sastc_jax import (
     parallel,
     torch_import,
 )
+from sastc_jax import ops as ops_lib
 from sastc_jax import step as step_lib
 
 Array = jax.Array
@@ -155,14 +156,24 @@ def model_from_config(section: ml_collections.ConfigDict, role: str, **settings)
         ) from error
 
 
-def build_teacher(config, num_classes: int) -> flax.linen.Module:
+def build_ops(config) -> ops_lib.Ops:
+    """``ops.select(config.ops)``: the compute forms of every model and the calibration."""
+    return ops_lib.select(config.get("ops", "auto"))
+
+
+def build_teacher(config, num_classes: int, ops: ops_lib.Ops | None = None) -> flax.linen.Module:
     return model_from_config(
-        config.teacher, "teacher", num_classes=num_classes, dtype=step_lib.compute_dtype(config)
+        config.teacher,
+        "teacher",
+        num_classes=num_classes,
+        dtype=step_lib.compute_dtype(config),
+        ops=ops or build_ops(config),
     )
 
 
-def build_student(config, num_classes: int) -> flax.linen.Module:
-    # remat is passed only when set: the students without the option still build.
+def build_student(config, num_classes: int, ops: ops_lib.Ops | None = None) -> flax.linen.Module:
+    # remat is passed only when set (configuration.validate refuses it for a student
+    # without the option), so a registered student without it still builds.
     remat = {"remat": True} if config.get("remat", False) else {}
     return model_from_config(
         config.student,
@@ -171,6 +182,7 @@ def build_student(config, num_classes: int) -> flax.linen.Module:
         time_steps=config.time_steps,
         neuron=neurons.LIFConfig(**config.neuron.to_dict()),
         dtype=step_lib.compute_dtype(config),
+        ops=ops or build_ops(config),
         **remat,
     )
 
@@ -273,8 +285,9 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
     Raises ``ValueError`` when the method cannot pair these models' taps (e.g.
     'layerwise' with different tap counts) before anything is loaded.
     """
-    student = build_student(config, num_classes)
-    teacher = build_teacher(config, num_classes) if config.method != "ce" else None
+    ops = build_ops(config)
+    student = build_student(config, num_classes, ops)
+    teacher = build_teacher(config, num_classes, ops) if config.method != "ce" else None
     calibrator, taps = None, ([], [])
     if config.method in losses.CALIBRATED_METHODS:
         taps = (tap_shapes(student, sample), tap_shapes(teacher, sample))
@@ -286,6 +299,7 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
             remat=config.get("remat", False),
             attention_scale=config.loss.get("attention_scale", 1.0),
             learn_attention_scale=config.loss.get("learn_attention_scale", False),
+            ops=ops,
         )
     weights = losses.LossWeights.from_config(config.loss)
     objective = step_lib.student_objective(student, teacher, calibrator, config.method, weights)

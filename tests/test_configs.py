@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sastc_jax import configuration, data, losses, parallel, step, train
+from sastc_jax import configuration, data, losses, models, ops, parallel, step, train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py"))
@@ -209,3 +209,22 @@ def test_kd_target_reaches_the_objective_of_the_built_distillation():
         assert float(parts["kd"]) == pytest.approx(float(expected), rel=1e-5)
         parts_kd[target] = float(parts["kd"])
     assert parts_kd["mean"] != pytest.approx(parts_kd["per_step"], rel=1e-3)
+
+
+def test_ops_are_validated_and_reach_every_built_module():
+    config = configuration.base_config()
+    assert config.ops == "auto"
+    config.ops = "gpu"
+    with pytest.raises(ValueError, match=r"config\.ops = 'gpu'.*allowed: auto, xla, cpu_matmul"):
+        configuration.validate(config)
+    config.ops, config.remat, config.time_steps = "xla", True, 2
+    config.teacher.model, config.student.model = "convnet_ann", "convnet_snn"
+    config.teacher.model_kwargs.widths = (4, 8, 8)
+    config.student.model_kwargs.widths = (4, 8, 8)
+    configuration.validate(config)
+    students = [name for name in models.list_models() if models.is_spiking(name)]
+    assert len(students) == 5 and all(models.supports_remat(name) for name in students)
+    images = np.zeros((8, 12, 12, 1), np.float32)
+    built = train.build_distillation(config, 10, images)
+    assert built.student.ops is built.teacher.ops is built.calibrator.ops is ops.XLA
+    assert built.student.remat and built.calibrator.remat

@@ -9,6 +9,9 @@ Usage::
     )
     taps = get_taps(mutated)  # stage outputs in depth order
 
+Every model takes an ``ops`` attribute (:func:`sastc_jax.ops.select`; by default
+``select('auto')``, resolved when the model is built) and every student ``remat``.
+
 Pass ``variables`` without an ``'intermediates'`` entry: ``sow`` appends to
 whatever is already there, so feeding the mutated taps back in would repeat them.
 
@@ -39,6 +42,7 @@ from sastc_jax.models.registry import (
     is_spiking,
     list_models,
     register,
+    supports_remat,
 )
 from sastc_jax.models.snn import (
     SpikingConvNet,
@@ -74,4 +78,5 @@ __all__ = [
     "is_spiking",
     "list_models",
     "register",
+    "supports_remat",
 ]

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from sastc_jax.models.layers import (
     ConvBN,
     Dtype,
+    Ops,
     ann_input,
     avg_pool,
     batch_norm,
@@ -38,6 +39,7 @@ from sastc_jax.models.layers import (
     dense,
     global_avg_pool,
     max_pool,
+    ops_field,
 )
 from sastc_jax.models.registry import TAPS_COLLECTION, TAPS_NAME, register
 
@@ -66,10 +68,13 @@ class BasicBlock(nn.Module):
     stride: int = 1
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
+    ops: Ops = ops_field()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
+        conv_bn = functools.partial(
+            ConvBN, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
         y = conv_bn(self.features, 3, self.stride, name="conv_bn1")(x, train)
         y = nn.relu(y)
         y = conv_bn(self.features, 3, 1, name="conv_bn2")(y, train)
@@ -97,12 +102,15 @@ class ResNet(nn.Module):
     stem_width: int = 64
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
+        conv_bn = functools.partial(
+            ConvBN, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
         if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
             raise ValueError("stage_sizes, widths and strides must have the same length.")
         x = ann_input(x).astype(self.dtype)
@@ -123,6 +131,7 @@ class ResNet(nn.Module):
                     stride if block == 0 else 1,
                     self.dtype,
                     self.init_scheme,
+                    ops=self.ops,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
@@ -183,10 +192,13 @@ class WideBasicBlock(nn.Module):
     stride: int = 1
     dtype: Dtype = jnp.float32
     init_scheme: str = "kaiming_fan_out"
+    ops: Ops = ops_field()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
+        make_conv = functools.partial(
+            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
         preact = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
         if self.stride == 1 and x.shape[-1] == self.features:
             shortcut = x
@@ -211,12 +223,15 @@ class WideResNet(nn.Module):
     widen_factor: int = 4
     dtype: Dtype = jnp.float32
     init_scheme: str = "kaiming_fan_out"
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
+        make_conv = functools.partial(
+            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
         if (self.depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n + 4; got {self.depth}.")
         blocks_per_stage = (self.depth - 4) // 6
@@ -229,6 +244,7 @@ class WideResNet(nn.Module):
                     stride if block == 0 else 1,
                     self.dtype,
                     self.init_scheme,
+                    ops=self.ops,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
@@ -261,10 +277,13 @@ class PyramidBasicBlock(nn.Module):
     stride: int = 1
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
+    ops: Ops = ops_field()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
+        make_conv = functools.partial(
+            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
         y = batch_norm(train, dtype=self.dtype, name="bn1")(x)
         y = make_conv(self.features, 3, self.stride, name="conv1")(y)
         y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
@@ -292,12 +311,15 @@ class PyramidNet(nn.Module):
     alpha: float = 200.0
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(conv, dtype=self.dtype, init_scheme=self.init_scheme)
+        make_conv = functools.partial(
+            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
         if (self.depth - 2) % 6:
             raise ValueError(f"PyramidNet (basic blocks) depth must be 6n + 2; got {self.depth}.")
         blocks_per_stage = (self.depth - 2) // 6
@@ -314,6 +336,7 @@ class PyramidNet(nn.Module):
                     stride if block == 0 else 1,
                     self.dtype,
                     self.init_scheme,
+                    ops=self.ops,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
@@ -341,6 +364,7 @@ def plain_stages(
     dtype: Dtype,
     init_scheme: str,
     train: bool,
+    ops: Ops,
 ) -> Array:
     """Plain conv stages shared by the VGG-style ANNs; call from ``module``'s compact method.
 
@@ -359,6 +383,7 @@ def plain_stages(
                 1,
                 dtype,
                 init_scheme=init_scheme,
+                ops=ops,
                 name=f"stage{stage + 1}_conv{layer + 1}",
             )
             x = conv_bn(x, train)
@@ -383,13 +408,16 @@ class VGG11(nn.Module):
     pool: str = "max"
     dtype: Dtype = jnp.float32
     init_scheme: str = "kaiming_fan_out"
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         x = ann_input(x).astype(self.dtype)
-        x = plain_stages(self, x, self.stages, self.pool, self.dtype, self.init_scheme, train)
+        x = plain_stages(
+            self, x, self.stages, self.pool, self.dtype, self.init_scheme, train, self.ops
+        )
         return classifier(x, self.num_classes, self.dtype, self.init_scheme)
 
 
@@ -406,6 +434,7 @@ class ConvNet(nn.Module):
     widths: Sequence[int] = (32, 64, 128)
     dtype: Dtype = jnp.float32
     init_scheme: str = "kaiming_fan_out"
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = False
 
@@ -413,5 +442,5 @@ class ConvNet(nn.Module):
     def __call__(self, x: Array, train: bool = True) -> Array:
         x = ann_input(x).astype(self.dtype)
         stages = tuple((width,) for width in self.widths)
-        x = plain_stages(self, x, stages, "max", self.dtype, self.init_scheme, train)
+        x = plain_stages(self, x, stages, "max", self.dtype, self.init_scheme, train, self.ops)
         return classifier(x, self.num_classes, self.dtype, self.init_scheme)

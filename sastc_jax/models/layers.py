@@ -27,10 +27,15 @@ at scale 1, bias 0):
 
 Fan-in of a conv is ``k*k*C_in``, fan-out ``k*k*C_out``. Parameters are always
 float32; ``dtype`` is only the compute dtype.
+
+Every module with a convolution has an ``ops`` field (:class:`sastc_jax.ops.Ops`: the
+convolution and rematerialisation forms); left out, it is ``ops.select('auto')`` at
+construction (:func:`ops_field`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +43,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sastc_jax import convolution
+from sastc_jax import ops as ops_lib
 from sastc_jax.neurons import LIFConfig, lif
+from sastc_jax.ops import Ops
 
 Array = jax.Array
 Dtype = Any
@@ -51,6 +57,11 @@ BATCH_NORM_EPSILON = 1e-5  # PyTorch's default
 pytorch_weight_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'): an untruncated normal.
 kaiming_fan_out_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def ops_field() -> Any:
+    """The ``ops`` dataclass field: ``sastc_jax.ops.select('auto')`` when not given."""
+    return dataclasses.field(default_factory=ops_lib.default)
 
 
 def check_init_scheme(init_scheme: str) -> None:
@@ -170,12 +181,14 @@ def conv(
     *,
     dtype: Dtype = jnp.float32,
     init_scheme: str = "torchvision",
+    ops: Ops | None = None,
     name: str | None = None,
 ) -> nn.Conv:
     """Bias-free square conv with PyTorch-style symmetric padding ``kernel_size // 2``.
 
     Explicit padding (not ``'SAME'``) keeps strided convs aligned with the
-    PyTorch reference on even inputs. ``init_scheme`` names the scheme (module docstring).
+    PyTorch reference on even inputs. ``init_scheme`` names the scheme (module docstring);
+    ``ops`` gives the convolution's form (``None``: ``ops.select('auto')``).
     """
     pad = kernel_size // 2
     return nn.Conv(
@@ -187,7 +200,7 @@ def conv(
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=conv_kernel_init(init_scheme),
-        conv_general_dilated=convolution.conv_general_dilated,
+        conv_general_dilated=(ops or ops_lib.default()).conv_general_dilated,
         name=name,
     )
 
@@ -264,6 +277,7 @@ class ConvBN(nn.Module):
     stride: int = 1
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
+    ops: Ops = ops_field()
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -274,6 +288,7 @@ class ConvBN(nn.Module):
                 self.stride,
                 dtype=self.dtype,
                 init_scheme=self.init_scheme,
+                ops=self.ops,
                 name="conv",
             )(images)
             return batch_norm(train, dtype=self.dtype, name="bn")(y)

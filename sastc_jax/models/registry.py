@@ -56,8 +56,14 @@ def get_model_class(name: str) -> type[nn.Module]:
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the model registered under ``name`` with dataclass attributes ``kwargs``."""
+    """Build the model registered under ``name`` with dataclass attributes ``kwargs``;
+    ``ops=`` (:func:`sastc_jax.ops.select`) is one of them, ``select('auto')`` if left out."""
     return get_model_class(name)(**kwargs)
+
+
+def supports_remat(name: str) -> bool:
+    """Whether the registered model has a ``remat`` attribute (every student here does)."""
+    return "remat" in getattr(get_model_class(name), "__dataclass_fields__", {})
 
 
 def is_spiking(name: str) -> bool:

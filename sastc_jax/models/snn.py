@@ -19,6 +19,12 @@ uniform in +-1/sqrt(fan_in), dense biases uniform in +-1/sqrt(fan_in), BN scale 
 and bias 0. ``init_scheme='kaiming_fan_out'`` gives Kaiming-normal fan-out convs and zero
 dense biases instead (see :mod:`sastc_jax.models.layers`).
 
+``remat=True`` recomputes activations in the backward pass instead of keeping them (the
+same numbers, less memory, about one more forward pass of compute), in the form of the
+model's ``ops`` (:mod:`sastc_jax.ops`): every residual block of the spiking ResNets,
+every conv + BN of the VGG and the ConvNet (their LIF states are kept). Block inputs
+saved as int8 are spikes by construction: LIF outputs, or a max-pool of them.
+
 For a static input the encoder's conv + BN runs once on the B images and is
 broadcast over T before the LIF. That is exactly the result of convolving the
 T repeated copies (the batch-norm mean and variance of T identical copies are
@@ -35,15 +41,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sastc_jax import remat
 from sastc_jax.models.layers import (
     LIF,
     ConvBN,
     Dtype,
+    Ops,
     avg_pool,
     dense,
     global_avg_pool,
     max_pool,
+    ops_field,
     repeat_over_time,
     spiking_input,
 )
@@ -103,16 +110,19 @@ class SpikingBasicBlock(nn.Module):
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
     init_scheme: str = "pytorch"
+    ops: Ops = ops_field()
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
-        y = conv_bn(self.features, 3, self.stride, name="conv_bn1")(x, train)
+    def __call__(self, spikes: Array, train: bool = True) -> Array:
+        conv_bn = functools.partial(
+            ConvBN, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
+        y = conv_bn(self.features, 3, self.stride, name="conv_bn1")(spikes, train)
         y = LIF(self.neuron, name="lif1")(y)
         y = conv_bn(self.features, 3, 1, name="conv_bn2")(y, train)
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = conv_bn(self.features, 1, self.stride, name="shortcut")(x, train)
+        shortcut = spikes
+        if self.stride != 1 or spikes.shape[-1] != self.features:
+            shortcut = conv_bn(self.features, 1, self.stride, name="shortcut")(spikes, train)
         return LIF(self.neuron, name="lif_out")(y + shortcut)
 
 
@@ -139,17 +149,21 @@ class SpikingResNet(nn.Module):
     dtype: Dtype = jnp.float32
     init_scheme: str = "pytorch"
     remat: bool = False
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        conv_bn = functools.partial(ConvBN, dtype=self.dtype, init_scheme=self.init_scheme)
-        # remat: keep only each block's input (spikes, saved as int8) for the backward
-        # pass and recompute the rest (less memory, the same numbers, about one more
-        # forward pass of compute).
+        conv_bn = functools.partial(
+            ConvBN, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+        )
+        # remat: keep only each block's input spikes (the stem's LIF output, its max-pool
+        # or the previous block's LIF output) for the backward pass, recompute the rest.
         block_class = (
-            remat.remat(SpikingBasicBlock, static_argnums=(2,), binary_argnums=(1,))
+            self.ops.remat_module(
+                SpikingBasicBlock, static_argnames=("train",), binary_argnames=("spikes",)
+            )
             if self.remat
             else SpikingBasicBlock
         )
@@ -177,6 +191,7 @@ class SpikingResNet(nn.Module):
                     self.neuron,
                     self.dtype,
                     self.init_scheme,
+                    ops=self.ops,
                     name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
             self.sow(TAPS_COLLECTION, TAPS_NAME, x)
@@ -234,19 +249,31 @@ def spiking_plain_stages(
     dtype: Dtype,
     init_scheme: str,
     train: bool,
+    ops: Ops,
+    remat: bool = False,
 ) -> Array:
     """Plain conv stages shared by the VGG-style SNNs; call from ``module``'s compact method.
 
     Each stage: for every width, conv3x3 (no bias) + BN + LIF; then a 2x2
     average pool (floor) of the spikes; the pooled stage output is sown as a tap.
-    The very first conv + BN + LIF is the encoder.
+    The very first conv + BN + LIF is the encoder. ``remat``: every conv + BN is
+    rematerialised in the form of ``ops``; an input that is a LIF output (every layer's
+    but the first of a stage) is saved as int8.
     """
     if not stages or not all(stages):
         raise ValueError(f"Every stage needs at least one conv width; got {stages!r}.")
+    conv_bn_class, spiking_conv_bn_class = ConvBN, ConvBN
+    if remat:
+        conv_bn_class = ops.remat_module(ConvBN, static_argnames=("train",))
+        spiking_conv_bn_class = ops.remat_module(
+            ConvBN, static_argnames=("train",), binary_argnames=("x",)
+        )
     for stage, widths in enumerate(stages):
         for layer, width in enumerate(widths):
             name = f"stage{stage + 1}_conv{layer + 1}"
-            conv_bn = ConvBN(width, 3, 1, dtype, init_scheme=init_scheme, name=name)
+            conv_bn = (spiking_conv_bn_class if layer else conv_bn_class)(
+                width, 3, 1, dtype, init_scheme=init_scheme, ops=ops, name=name
+            )
             neuron_layer = LIF(neuron, name=f"{name}_lif")
             if stage == 0 and layer == 0:
                 x = spiking_encoder(x, conv_bn, neuron_layer, time_steps, dtype, train)
@@ -283,13 +310,24 @@ class SpikingVGG11(nn.Module):
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
     init_scheme: str = "pytorch"
+    remat: bool = False
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         x = spiking_plain_stages(
-            self, x, self.stages, self.time_steps, self.neuron, self.dtype, self.init_scheme, train
+            self,
+            x,
+            self.stages,
+            self.time_steps,
+            self.neuron,
+            self.dtype,
+            self.init_scheme,
+            train,
+            self.ops,
+            self.remat,
         )
         return spiking_head(x, None, self.num_classes, self.neuron, self.dtype, self.init_scheme)
 
@@ -316,6 +354,8 @@ class SpikingConvNet(nn.Module):
     neuron: LIFConfig = LIFConfig()
     dtype: Dtype = jnp.float32
     init_scheme: str = "pytorch"
+    remat: bool = False
+    ops: Ops = ops_field()
 
     spiking: ClassVar[bool] = True
 
@@ -323,7 +363,16 @@ class SpikingConvNet(nn.Module):
     def __call__(self, x: Array, train: bool = True) -> Array:
         stages = tuple((width,) for width in self.widths)
         x = spiking_plain_stages(
-            self, x, stages, self.time_steps, self.neuron, self.dtype, self.init_scheme, train
+            self,
+            x,
+            stages,
+            self.time_steps,
+            self.neuron,
+            self.dtype,
+            self.init_scheme,
+            train,
+            self.ops,
+            self.remat,
         )
         x = x.reshape((*x.shape[:2], -1))  # (T, B, H*W*C)
         return dense(self.num_classes, dtype=self.dtype, init_scheme=self.init_scheme, name="fc")(

@@ -1,4 +1,4 @@
-"""remat: the same gradients as no rematerialisation, and less memory on XLA's CPU backend."""
+"""ops.remat: the same gradients as no rematerialisation, and less memory on XLA's CPU backend."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sastc_jax import remat
 from sastc_jax.models.snn import SpikingBasicBlock
+from sastc_jax.ops import remat
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -52,7 +52,7 @@ def test_binary_arguments_are_restored_exactly():
         return jnp.sum(jnp.sin(s @ w) * s.sum())
 
     plain = jax.value_and_grad(layer, argnums=(0, 1))(weights, spikes)
-    compact = jax.value_and_grad(remat.checkpoint(layer, binary_argnums=(0,)), argnums=(0, 1))(
+    compact = jax.value_and_grad(remat.checkpoint(layer, binary_argnames=("s",)), argnums=(0, 1))(
         weights, spikes
     )
     for expected, actual in zip(jax.tree.leaves(plain), jax.tree.leaves(compact), strict=True):
@@ -76,9 +76,9 @@ def test_checkpoint_lowers_the_cpu_temporary_buffer():
 def test_remat_module_gives_the_plain_gradients_and_batch_stats():
     block_args = dict(features=8, stride=2)
     plain_block = SpikingBasicBlock(**block_args)
-    remat_block = remat.remat(SpikingBasicBlock, static_argnums=(2,), binary_argnums=(1,))(
-        **block_args
-    )
+    remat_block = remat.remat(
+        SpikingBasicBlock, static_argnames=("train",), binary_argnames=("spikes",)
+    )(**block_args)
     spikes = (jax.random.uniform(jax.random.key(3), (2, 4, 8, 8, 4)) > 0.6).astype(jnp.float32)
     variables = plain_block.init(jax.random.key(4), spikes, True)
     assert jax.tree.structure(variables) == jax.tree.structure(
@@ -113,3 +113,18 @@ def test_after_keeps_values_and_depends_on_its_second_argument():
     jaxpr = jax.make_jaxpr(remat.after)(tree, value).jaxpr
     value_var = jaxpr.invars[-1]
     assert any(value_var in eqn.invars for eqn in jaxpr.eqns)
+
+
+def test_arguments_are_named_and_checked():
+    def layer(w, s):
+        return jnp.sum(w * s)
+
+    with pytest.raises(ValueError, match=r"no argument\(s\) \['spikes'\]"):
+        remat.checkpoint(layer, binary_argnames=("spikes",))
+    with pytest.raises(ValueError, match="params"):
+        remat.checkpoint(layer, binary_argnames=("w",))
+    with pytest.raises(ValueError, match="no argument"):
+        remat.remat(SpikingBasicBlock, binary_argnames=("x",))
+    integer_spikes = jnp.ones((3,), jnp.int32)
+    with pytest.raises(TypeError, match="float or bool spike array"):
+        jax.grad(remat.checkpoint(layer, binary_argnames=("s",)))(jnp.ones(3), integer_spikes)

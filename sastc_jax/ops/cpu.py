@@ -1,32 +1,29 @@
-"""2-D convolution whose kernel gradient (and 1x1 case) XLA's CPU backend runs faster as matmuls.
+"""The CPU forms of a 2-D convolution: XLA's CPU backend runs them faster as matmuls.
 
-On the CPU, XLA computes the kernel (weight) gradient of a convolution as another
-convolution that runs at a fraction of the forward's speed: on 2 cores, for a 3x3,
-128 -> 128 channel convolution over a (128, 32, 32) batch, the forward runs at about
-180 GFLOP/s and XLA's kernel gradient at about 50. The same gradient written as one
-matrix product per kernel offset, ``dW[i, j] = X^T dY_ij`` with ``dY_ij`` the output
-gradient shifted by the offset and both flattened to ``(N*H*W, C)``, was 1.6x, 2.1x and
-1.6x as fast on the three stride-1 ResNet-19 shapes at batch 128 (T=2, B=64), 1.6x,
-2.2x and 1.0x at batch 64, 1.4x, 1.0x and 1.3x at batch 16
-(``benchmarks/conv_weight_grad.py``); never measurably slower.
+Contract: :func:`conv_general_dilated` (and :class:`MatmulConv`, the same with its
+``min_rows`` bound, for the ``conv_general_dilated`` field of ``flax.linen.Conv``) is a
+drop-in for ``jax.lax.conv_general_dilated`` with the same arguments and result (equal
+up to float32 summation order). It differs from XLA's in implementation only:
 
-A 1x1 convolution without padding is a matrix product over the channels, and XLA's CPU
-backend runs it as a convolution at a fraction of the speed of its own ``dot``: for the
-regressors' 1x1 convolutions at batch 128 (e.g. 32x32, 256 -> 128 channels) forward and
-both gradients took 0.51 s as a convolution and 0.10 s as a ``dot_general`` (4-5x on all
-four regressor shapes measured). On the CPU such a convolution (any stride) is therefore
-computed as a strided slice and one ``dot_general``; its gradients are those of the dot.
+- a plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation or grouping
+  is a strided slice and one ``dot_general`` (:func:`pointwise`); its gradients are the
+  dot's;
+- the kernel gradient of a plain stride-1 NHWC/HWIO convolution with a spatial kernel,
+  no dilation or grouping and at least ``min_rows`` output positions in the batch is one
+  matrix product per kernel offset (:func:`matmul_kernel_gradient`, a ``custom_vjp``);
+  the forward pass and the input gradient stay XLA's.
 
-``conv_general_dilated`` is a drop-in for ``jax.lax.conv_general_dilated`` (and the
-``conv_general_dilated`` field of ``flax.linen.Conv``): apart from the 1x1 case above,
-the forward pass and the input gradient are XLA's; only the kernel gradient of a plain
-stride-1 NHWC/HWIO convolution with a spatial kernel, no dilation or grouping and at
-least ``MIN_ROWS`` output positions in the batch is replaced, and only on the CPU
-backend (on GPUs the convolution libraries' own kernel gradients are kept). Everything
-else is ``lax.conv_general_dilated`` unchanged."""
+Everything else is ``lax.conv_general_dilated`` unchanged. The replaced computations run
+inside ``jax.named_scope(NAMED_SCOPE)``, which tells them apart in a jaxpr or HLO dump
+(``tests/test_ops.py``). There is no backend test
+here: whoever selects these forms gets them (:func:`sastc_jax.ops.select` picks them
+only for the CPU backend). Why and by how much they are faster on the CPU:
+docs/performance.md, "Convolution forms on the CPU" (``benchmarks/conv_weight_grad.py``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from functools import partial
 
@@ -34,13 +31,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sastc_jax import remat
+from sastc_jax.ops import remat
 
 Array = jax.Array
 
 # Below this many output positions in the batch (N * Ho * Wo) both gradients take
 # microseconds; the matmul form is kept for the sizes where it was measured.
-MIN_ROWS = 1024
+DEFAULT_MIN_ROWS = 1024
+# The named scope of every computation of these forms (see ops.remat.NAMED_SCOPE).
+NAMED_SCOPE = "cpu_matmul_conv"
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -60,7 +59,7 @@ def _explicit_padding(
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _plain_cpu_conv(
+def _plain_conv(
     lhs_shape,
     rhs_shape,
     lhs_dilation,
@@ -68,11 +67,8 @@ def _plain_cpu_conv(
     dimension_numbers,
     feature_groups,
     batch_groups,
-    backend,
 ) -> bool:
-    """A CPU-backend NHWC/HWIO convolution without dilation or grouping."""
-    if (backend or jax.default_backend()) != "cpu":
-        return False
+    """An NHWC/HWIO convolution without dilation or grouping."""
     if not _plain_nhwc(lhs_shape, rhs_shape, dimension_numbers):
         return False
     if (feature_groups, batch_groups) != (1, 1):
@@ -91,10 +87,10 @@ def uses_matmul_kernel_gradient(
     dimension_numbers=None,
     feature_group_count: int = 1,
     batch_group_count: int = 1,
-    backend: str | None = None,
+    min_rows: int = DEFAULT_MIN_ROWS,
 ) -> bool:
     """Whether :func:`conv_general_dilated` replaces XLA's kernel gradient for this call."""
-    plain = _plain_cpu_conv(
+    plain = _plain_conv(
         lhs_shape,
         rhs_shape,
         lhs_dilation,
@@ -102,7 +98,6 @@ def uses_matmul_kernel_gradient(
         dimension_numbers,
         feature_group_count,
         batch_group_count,
-        backend,
     )
     if not plain:
         return False
@@ -113,7 +108,7 @@ def uses_matmul_kernel_gradient(
     pads = _explicit_padding(padding, lhs_shape[1:3], rhs_shape[:2], window_strides)
     spatial = zip(lhs_shape[1:3], pads, rhs_shape[:2], window_strides, strict=True)
     out_size = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in spatial]
-    return lhs_shape[0] * out_size[0] * out_size[1] >= MIN_ROWS
+    return lhs_shape[0] * out_size[0] * out_size[1] >= min_rows
 
 
 def is_pointwise(
@@ -126,12 +121,10 @@ def is_pointwise(
     dimension_numbers=None,
     feature_group_count: int = 1,
     batch_group_count: int = 1,
-    backend: str | None = None,
 ) -> bool:
-    """Whether :func:`conv_general_dilated` computes this call as a ``dot_general``: on
-    the CPU, a plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation
-    or grouping."""
-    plain = _plain_cpu_conv(
+    """Whether :func:`conv_general_dilated` computes this call as a ``dot_general``: a
+    plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation or grouping."""
+    plain = _plain_conv(
         lhs_shape,
         rhs_shape,
         lhs_dilation,
@@ -139,7 +132,6 @@ def is_pointwise(
         dimension_numbers,
         feature_group_count,
         batch_group_count,
-        backend,
     )
     if not plain:
         return False
@@ -149,6 +141,7 @@ def is_pointwise(
     return all(lo == 0 and hi == 0 for lo, hi in pads)
 
 
+@remat.named(NAMED_SCOPE)
 def pointwise(x: Array, kernel: Array, window_strides: Sequence[int]) -> Array:
     """A 1x1 NHWC/HWIO convolution without padding as one ``dot_general``.
 
@@ -207,7 +200,8 @@ def _conv_nhwc_forward(x, kernel, pads):
     return _conv_nhwc(x, kernel, pads), (x, kernel)
 
 
-def _conv_nhwc_backward(pads, residuals, output_grad):
+@remat.named(NAMED_SCOPE)
+def _matmul_kernel_gradient_backward(pads, residuals, output_grad):
     x, kernel = residuals
     _, input_vjp = jax.vjp(
         lambda inputs: lax.conv_general_dilated(
@@ -219,7 +213,7 @@ def _conv_nhwc_backward(pads, residuals, output_grad):
     return input_grad, matmul_kernel_gradient(x, output_grad, kernel.shape, pads)
 
 
-_conv_nhwc.defvjp(_conv_nhwc_forward, _conv_nhwc_backward)
+_conv_nhwc.defvjp(_conv_nhwc_forward, _matmul_kernel_gradient_backward)
 
 
 def conv_general_dilated(
@@ -234,11 +228,15 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    *,
+    min_rows: int = DEFAULT_MIN_ROWS,
 ) -> Array:
-    """``jax.lax.conv_general_dilated`` with the matmul forms where they are faster.
+    """``jax.lax.conv_general_dilated`` with the matmul forms where they apply.
 
     Same arguments and result; see the module docstring for when the computation
     differs in implementation (never in value beyond float32 summation order).
+    ``min_rows``: the fewest output positions (N * Ho * Wo) that get the matmul
+    kernel gradient.
     """
     layout = (lhs_dilation, rhs_dilation, dimension_numbers)
     groups = (feature_group_count, batch_group_count)
@@ -246,7 +244,9 @@ def conv_general_dilated(
     shapes = (lhs.shape, rhs.shape, window_strides, padding)
     if default_math and is_pointwise(*shapes, *layout, *groups):
         return pointwise(lhs, rhs, window_strides)
-    eligible = default_math and uses_matmul_kernel_gradient(*shapes, *layout, *groups)
+    eligible = default_math and uses_matmul_kernel_gradient(
+        *shapes, *layout, *groups, min_rows=min_rows
+    )
     if not eligible:
         return lax.conv_general_dilated(
             lhs,
@@ -262,3 +262,14 @@ def conv_general_dilated(
             preferred_element_type,
         )
     return _conv_nhwc(lhs, rhs, _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], (1, 1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulConv:
+    """:func:`conv_general_dilated` with a fixed ``min_rows``: a hashable value for the
+    ``conv_general_dilated`` field of ``flax.linen.Conv`` (equal when ``min_rows`` is)."""
+
+    min_rows: int = DEFAULT_MIN_ROWS
+
+    def __call__(self, *args, **kwargs) -> Array:
+        return conv_general_dilated(*args, **kwargs, min_rows=self.min_rows)
