@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sastc_jax import checkpointing, configuration, parallel, train
+from sastc_jax import checkpoints, configuration, parallel, train
 from sastc_jax import step as step_lib
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     times: dict[str, list[float]] = collections.defaultdict(list)
     with (
         tempfile.TemporaryDirectory(dir=args.dir) as directory,
-        checkpointing.Checkpoints(directory, max_to_keep=2) as ckpts,
+        checkpoints.Checkpoints(directory, max_to_keep=2) as ckpts,
     ):
         for step in range(1, args.repeats + 1):
             start = time.perf_counter()
@@ -80,11 +80,11 @@ def main() -> None:
             ckpts.wait_until_finished()
             times["save written + checksummed"].append(time.perf_counter() - start)
             step_dir = Path(directory) / "latest" / str(step)
-            times["write_checksums"].append(timed(checkpointing.write_checksums, step_dir)[0])
-            times["verify_checksums"].append(timed(checkpointing.verify_checksums, step_dir)[0])
+            times["write_checksums"].append(timed(checkpoints.write_checksums, step_dir)[0])
+            times["verify_checksums"].append(timed(checkpoints.verify_checksums, step_dir)[0])
             seconds, (restored, _) = timed(ckpts.restore, state, step)
             times["restore (verify + orbax + finite)"].append(seconds)
-            times["nonfinite_leaves"].append(timed(checkpointing.nonfinite_leaves, restored)[0])
+            times["nonfinite_leaves"].append(timed(checkpoints.nonfinite_leaves, restored)[0])
         on_disk = sum(p.stat().st_size for p in step_dir.rglob("*") if p.is_file()) / 2**20
     print(f"step directory: {on_disk:.0f} MiB on disk; medians of {args.repeats}:")
     median = {name: statistics.median(values) for name, values in times.items()}

@@ -33,10 +33,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from sastc_jax import checkpointing, losses, models, parallel, plots, train
+from sastc_jax import checkpoints, losses, models, parallel, plots, train
 from sastc_jax import step as step_lib
 from sastc_jax.models.layers import Dense
 
@@ -152,14 +151,6 @@ def layer_operations(
     return kinds, ops
 
 
-def correct_per_time_steps(logits: Array, labels: Array, mask: Array) -> Array:
-    """``(T,)`` correct predictions of the mean logits over the first t+1 time steps."""
-    steps = jnp.arange(1, logits.shape[0] + 1, dtype=jnp.float32)[:, None, None]
-    cumulative = jnp.cumsum(logits.astype(jnp.float32), axis=0) / steps
-    hits = jnp.argmax(cumulative, axis=-1) == labels
-    return jnp.sum(hits * mask.astype(jnp.float32), axis=1)
-
-
 def energy_table(student_macs: float, student_sops: float, teacher_macs: float) -> dict:
     """Energy per image (pJ) of the student (MACs at 4.6 pJ, SOPs at 0.9 pJ) and teacher."""
     student = student_macs * PJ_PER_MAC + student_sops * PJ_PER_SOP
@@ -182,46 +173,23 @@ def attention_entropy(attention: Array) -> Array:
 # --------------------------------------------------------------------------- a run
 
 
-def load_config(run_dir: Path) -> ml_collections.ConfigDict:
-    """The config a run was trained with (``config.json``), lists back as tuples."""
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: --workdir must be a trained run's directory.")
-
-    def tuples(value):
-        if isinstance(value, dict):
-            return {k: tuples(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return tuple(tuples(v) for v in value)
-        return value
-
-    return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
-
-
-def restore_student(config, run_dir: Path, mesh) -> tuple[train.Stage, step_lib.TrainState]:
-    """The run's distillation stage and its last saved state (portable form)."""
-    stage = train.distill_stage(config, mesh, run_dir)
-    with checkpointing.Checkpoints(run_dir / "student") as ckpts:
-        if ckpts.latest_step() is None:
-            raise FileNotFoundError(f"No student checkpoint under {run_dir / 'student'}.")
-        state, _ = ckpts.restore(train.portable(stage.state, mesh))
-    return stage, state
-
-
 def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     """Analyse the student of ``run_dir`` over the test split; writes and returns the result."""
     run_dir = Path(run_dir)
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    config = load_config(run_dir)
-    stage, state = restore_student(config, run_dir, mesh)
-    student = stage.model
-    variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-    test = stage.eval_data
+    run = checkpoints.load_run(run_dir, "latest")  # the student as training left it
+    config, student, variables = run.config, run.model, run.variables
+    test = train.load_test_split(config, "student", mesh)
     sample = np.zeros((test.batch_size, *test.input_shape), np.float32)
     parts = train.build_distillation(config, test.num_classes, sample)
     teacher = parts.teacher or train.build_teacher(config, test.num_classes)
     calibrated = config.method in losses.CALIBRATED_METHODS
-    teacher_vars = jax.device_get(stage.frozen) if stage.frozen else None
+    teacher_vars = None  # the attention needs the trained teacher; its MACs only shapes
+    if calibrated:
+        teacher_vars, _ = train.load_teacher(
+            config, run_dir, teacher, test.num_classes, test.input_shape
+        )
+        teacher_vars = jax.device_get(teacher_vars)
 
     # Variables are arguments, not constants: every seed of a method compiles one program.
     def student_pass(variables, calibration_params, teacher_vars, images, labels, mask):
@@ -242,7 +210,7 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
         out = {
             "operations": ops,
             "firing": step_lib.firing_counts(lif, mask),
-            "correct_per_t": correct_per_time_steps(logits, labels, mask),
+            "correct_per_t": step_lib.correct_per_time_steps(logits, labels, mask),
         }
         if calibrated:
             _, teacher_state = teacher.apply(
@@ -265,7 +233,7 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
         out = jax.device_get(
             student_pass(
                 variables,
-                state.params.get("calibration"),
+                run.state["params"].get("calibration"),
                 teacher_vars,
                 batch["image"],
                 batch["label"],

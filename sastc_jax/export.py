@@ -66,7 +66,6 @@ the max-pool of the ImageNet stem: NIR has sum and average pooling only).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -86,7 +85,7 @@ from sastc_jax.models.snn import SpikingConvNet, SpikingResNet, SpikingVGG11
 from sastc_jax.neurons import LIFConfig
 
 DEFAULT_DT = 1e-4
-CHECKPOINTS = {"best": "best", "final": "latest"}  # --checkpoint -> directory under student/
+CHECKPOINTS = ("best", "final")  # --checkpoint: the selected or the last saved step
 NIR_INSTALL_HINT = "install the `nir` extra: pip install 'sastc-jax[nir]'"
 
 # Images each dataset's pipeline delivers, (H, W, C); DVS frames are (S, S, 2).
@@ -625,36 +624,24 @@ def input_shape_for(config) -> tuple[int, int, int]:
 
 
 def load_student(workdir: str | os.PathLike, checkpoint: str = "best"):
-    """``(model, variables, config, record)`` of the student a run saved in ``workdir``.
+    """``(model, variables, config, record)`` of the student a run saved in ``workdir``
+    (:func:`sastc_jax.checkpoints.load_run`).
 
     ``checkpoint``: 'best' (the selected checkpoint: highest validation accuracy, or test
     accuracy without a validation split) or 'final' (the last saved step).
     Raises FileNotFoundError / CheckpointError naming what is missing.
     """
-    import ml_collections
-
-    from sastc_jax import checkpointing, train
+    from sastc_jax import checkpoints
 
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}; got {checkpoint!r}.")
-    workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{workdir} is not a training run directory: no config.json there. Pass the "
-            "--workdir of a `python -m sastc_jax.main` run."
-        )
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    student_dir = workdir / "student"
     try:
-        state, record = checkpointing.load_stage_state(student_dir, which=CHECKPOINTS[checkpoint])
-    except checkpointing.CheckpointError as err:
-        raise checkpointing.CheckpointError(
-            f"no student checkpoint to export in {workdir}: {err}"
+        run = checkpoints.load_run(workdir, checkpoint)
+    except checkpoints.CheckpointError as err:
+        raise checkpoints.CheckpointError(
+            f"no student checkpoint to export in {Path(workdir)}: {err}"
         ) from err
-    model = train.build_student(config, int(record["num_classes"]))
-    variables = {"params": state["params"]["student"], "batch_stats": state["batch_stats"]}
-    return model, variables, config, record
+    return run.model, run.variables, run.config, run.metadata
 
 
 def export_workdir(
@@ -698,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit status (0, or 1 with a one-line error)."""
     import argparse
 
-    from sastc_jax import checkpointing
+    from sastc_jax import checkpoints
 
     parser = argparse.ArgumentParser(
         prog="python -m sastc_jax.export", description="Export a trained student to NIR."
@@ -712,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = export_workdir(
             args.workdir, checkpoint=args.checkpoint, output=args.output, dt=args.dt
         )
-    except (ValueError, OSError, ImportError, checkpointing.CheckpointError) as error:
+    except (ValueError, OSError, ImportError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {path}")

@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sastc_jax import (
-    checkpointing,
+    checkpoints,
     configuration,
     distributed,
     metrics,
@@ -42,7 +42,7 @@ EXPECTED_ERRORS = (
     ValueError,
     FileNotFoundError,
     ImportError,
-    checkpointing.CheckpointError,
+    checkpoints.CheckpointError,
     train.NonFiniteLossError,
     distributed.DistributedError,
     runlock.WorkdirLockedError,
@@ -58,7 +58,7 @@ def lock_workdir(workdir: Path) -> runlock.RunLock:
         lock.acquire()
     except runlock.WorkdirLockedError as error:
         refusal = error
-    if jax.process_count() > 1 and not checkpointing.all_processes_agree(refusal is None):
+    if jax.process_count() > 1 and not checkpoints.all_processes_agree(refusal is None):
         lock.release()
         raise refusal or runlock.WorkdirLockedError(
             f"{workdir} is in use by another run (process 0 names it)."
@@ -109,7 +109,7 @@ def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> li
     if config.stage == "teacher" or (config.stage == "all" and needs_teacher):
         if config.stage == "all" and torch_import.is_torch_checkpoint(teacher_dir):
             logger.info(f"[teacher] importing {teacher_dir}; skipping the stage")
-        elif config.stage == "all" and checkpointing.teacher_exists(teacher_dir):
+        elif config.stage == "all" and checkpoints.teacher_exists(teacher_dir):
             logger.info(f"[teacher] checkpoint found in {teacher_dir}; skipping the stage")
         else:
             summary = train.train_teacher(config, workdir, mesh, logger)

@@ -214,6 +214,25 @@ def firing_counts(lif_outputs: dict[str, Array], mask: Array) -> dict[str, dict[
     return result
 
 
+def cumulative_mean_logits(logits: Array) -> Array:
+    """``(T, B, K)`` -> float32 ``(T, B, K)``: entry ``t`` is the mean of the logits over
+    the first ``t + 1`` time steps."""
+    logits = logits.astype(jnp.float32)
+    steps = jnp.arange(1, logits.shape[0] + 1, dtype=jnp.float32)[:, None, None]
+    return jnp.cumsum(logits, axis=0) / steps
+
+
+def correct_per_time_steps(logits: Array, labels: Array, mask: Array) -> Array:
+    """``(T,)`` correct predictions of the mean logits over the first t+1 time steps,
+    over the examples where ``mask`` (``(B,)``) is set. ``logits`` is ``(T, B, K)``.
+
+    The one definition of accuracy by number of time steps: :func:`make_eval_step` sums
+    it over the mesh, :mod:`sastc_jax.analyze` over the test split.
+    """
+    hits = jnp.argmax(cumulative_mean_logits(logits), axis=-1) == labels
+    return jnp.sum(hits.astype(jnp.float32) * mask.astype(jnp.float32), axis=1)
+
+
 def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
     """``eval_step(variables, batch) -> {'correct': (T,), 'count', 'loss_sum'}`` summed
     over the whole mesh; masked (padding) examples count for nothing. A spiking model
@@ -233,14 +252,11 @@ def make_eval_step(model: flax.linen.Module, mesh) -> Callable:
         )
         if logits.ndim == 2:  # ANN: one "time step"
             logits = logits[None]
-        logits = logits.astype(jnp.float32)
-        steps = jnp.arange(1, logits.shape[0] + 1, dtype=jnp.float32)[:, None, None]
-        cumulative = jnp.cumsum(logits, axis=0) / steps
         mask = batch["mask"].astype(jnp.float32)
-        hits = (jnp.argmax(cumulative, axis=-1) == batch["label"]).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(cumulative[-1], batch["label"])
+        final = cumulative_mean_logits(logits)[-1]
+        nll = optax.softmax_cross_entropy_with_integer_labels(final, batch["label"])
         sums = {
-            "correct": jnp.sum(hits * mask, axis=1),
+            "correct": correct_per_time_steps(logits, batch["label"], mask),
             "count": jnp.sum(mask),
             "loss_sum": jnp.sum(nll * mask),
         }

@@ -35,7 +35,7 @@ import flax
 import jax
 import numpy as np
 
-from sastc_jax.checkpointing import CheckpointError, TeacherMismatchError
+from sastc_jax.checkpoints import CheckpointError, TeacherMismatchError
 
 SUFFIXES = (".pth", ".pt", ".pth.tar", ".safetensors")
 WRAPPER_KEYS = ("state_dict", "model", "net")

@@ -29,7 +29,7 @@ import optax
 
 from sastc_jax import (
     calibration,
-    checkpointing,
+    checkpoints,
     data,
     losses,
     metrics,
@@ -259,7 +259,7 @@ def load_teacher(
         return torch_import.load_teacher(
             path, model, config.teacher.model, input_shape, num_classes=num_classes
         )
-    return checkpointing.load_teacher(path, model=config.teacher.model, num_classes=num_classes)
+    return checkpoints.load_teacher(path, model=config.teacher.model, num_classes=num_classes)
 
 
 @dataclasses.dataclass
@@ -629,9 +629,7 @@ def run_stage(
     log_bad_examples(splits, workdir)
     start, images, last_eval = time.perf_counter(), 0, None
     with (
-        checkpointing.Checkpoints(
-            workdir / stage.name, max_to_keep=config.keep_checkpoints
-        ) as ckpts,
+        checkpoints.Checkpoints(workdir / stage.name, max_to_keep=config.keep_checkpoints) as ckpts,
         SigtermFlag() as sigterm,
     ):
         # The newest intact checkpoint; corrupt ones are reported and moved aside.
@@ -774,7 +772,7 @@ def train_teacher(config, workdir: Path, mesh, logger) -> dict[str, Any]:
     stage = teacher_stage(config, mesh)
     summary = run_stage(stage, config, workdir, mesh, logger)
     variables = eval_variables(stage.state, mesh)
-    checkpointing.save_teacher(
+    checkpoints.save_teacher(
         teacher_checkpoint_dir(config, workdir),
         jax.device_get(variables),
         model=config.teacher.model,
@@ -794,23 +792,11 @@ def train_student(config, workdir: Path, mesh, logger) -> dict[str, Any]:
     return summary
 
 
-def student_state_shapes(
-    config, parts: Distillation, sample: np.ndarray, steps: int
-) -> step_lib.TrainState:
-    """Shapes and dtypes of the distillation stage's saved (portable) train state, as a
-    restore target; nothing is initialised or compiled."""
-    key = jax.random.key(0)
-    shapes = jax.eval_shape(functools.partial(parts.student.init, train=False), key, sample)
-    params = {"student": shapes["params"]}
-    if parts.calibrator is not None:
-        params["calibration"] = jax.eval_shape(parts.init_calibration, key)
-    tx, _ = step_lib.make_optimizer(config.student.optimizer, steps)
-    return step_lib.TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=params,
-        batch_stats=shapes["batch_stats"],
-        opt_state=jax.eval_shape(tx.init, params),
-    )
+def load_test_split(config, role: str, mesh):
+    """The test split for this process's share of stage ``role``'s global batch
+    (``config.<role>.optimizer.batch_size``), as the stage evaluates it."""
+    settings = dataset_settings(config, config[role].optimizer.batch_size, mesh)
+    return data.get_dataset(config.dataset.name, "test", train=False, **settings)
 
 
 def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
@@ -827,8 +813,7 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
         "(the first batch then compiles the model)"
     )
     if config.evaluate == "teacher":
-        settings = dataset_settings(config, config.teacher.optimizer.batch_size, mesh)
-        eval_data = data.get_dataset(config.dataset.name, "test", train=False, **settings)
+        eval_data = load_test_split(config, "teacher", mesh)
         model = build_teacher(config, eval_data.num_classes)
         variables, _ = load_teacher(
             config, workdir, model, eval_data.num_classes, eval_data.input_shape
@@ -840,26 +825,15 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
             "checkpoint": str(teacher_checkpoint_dir(config, workdir)),
         }
     else:
-        train_data, _, eval_data, sample, parts = distillation_inputs(config, mesh)
-        eval_step = step_lib.make_eval_step(parts.student, mesh)
-        with checkpointing.Checkpoints(
-            workdir / "student", max_to_keep=config.keep_checkpoints
-        ) as ckpts:
-            target = student_state_shapes(
-                config, parts, sample, steps_per_epoch(config, train_data)
-            )
-            if config.evaluate == "student_best":
-                state, saved = ckpts.restore_best(target)
-            else:
-                state, saved = ckpts.restore(target)
-            directory = ckpts.directory / (
-                "best" if config.evaluate == "student_best" else "latest"
-            )
-        variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+        eval_data = load_test_split(config, "student", mesh)
+        which = "best" if config.evaluate == "student_best" else "latest"
+        run = checkpoints.load_run(workdir, which, config=config)
+        variables = run.variables
+        eval_step = step_lib.make_eval_step(run.model, mesh)
         found = {
             "model": config.student.model,
-            "checkpoint": str(directory),
-            "step": saved.get("step"),
+            "checkpoint": str(run.checkpoint_dir),
+            "step": run.metadata.get("step"),
         }
     log_bad_examples([eval_data], workdir)
     logger.info(

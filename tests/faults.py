@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 
-from sastc_jax import checkpointing
+from sastc_jax.checkpoints import integrity
 
 
 def flip_byte(path: Path) -> None:
@@ -49,10 +49,10 @@ def fill_disk_at_step(step: int) -> None:
 def delay_checksums(seconds: float) -> None:
     """Wait ``seconds`` between orbax's commit of a step and the checksums of its files
     (a window in which to kill the process)."""
-    write = checkpointing.write_checksums
+    write = integrity.write_checksums
 
     def slow_write(step_dir):
         time.sleep(seconds)
         write(step_dir)
 
-    checkpointing.write_checksums = slow_write
+    integrity.write_checksums = slow_write

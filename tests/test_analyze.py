@@ -109,15 +109,6 @@ def test_attention_entropy_bounds():
     np.testing.assert_allclose(analyze.attention_entropy(one_hot), [0, 0], atol=1e-6)
 
 
-def test_accuracy_by_time_steps_uses_the_cumulative_mean():
-    # T=2, B=2: example 0 right at t=1 only, example 1 right at both; example 1 masked.
-    logits = jnp.asarray([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 5.0], [0.0, 1.0]]])
-    correct = analyze.correct_per_time_steps(logits, jnp.array([0, 1]), jnp.array([True, True]))
-    np.testing.assert_array_equal(correct, [2, 1])
-    masked = analyze.correct_per_time_steps(logits, jnp.array([0, 1]), jnp.array([True, False]))
-    np.testing.assert_array_equal(masked, [1, 0])
-
-
 def test_the_project_dense_layer_is_counted():
     layer = layers.dense(3, name="fc")
     spikes = jnp.asarray([[[1.0, 0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0, 0.0]]])  # (T=2, B=1, 4)

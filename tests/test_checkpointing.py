@@ -1,4 +1,4 @@
-"""Orbax-backed stage and teacher checkpoints (sastc_jax.checkpointing)."""
+"""Orbax-backed stage and teacher checkpoints (sastc_jax.checkpoints)."""
 
 import gc
 import inspect
@@ -20,8 +20,8 @@ from faults import array_files, fill_disk_at_step, flip_byte, truncate
 from flax import struct
 from processes import environment, free_port
 
-from sastc_jax import checkpointing
-from sastc_jax.checkpointing import (
+from sastc_jax import checkpoints
+from sastc_jax.checkpoints import (
     CHECKSUMS,
     CheckpointError,
     Checkpoints,
@@ -338,7 +338,7 @@ FOUR_DEVICE_CHILD = (
 import sys
 import jax, jax.numpy as jnp, numpy as np, optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from sastc_jax.checkpointing import Checkpoints
+from sastc_jax.checkpoints import Checkpoints
 TX = optax.sgd(0.1, momentum=0.9)
 """
     + DICT_STATE
@@ -381,7 +381,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 import jax.numpy as jnp, numpy as np, optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from sastc_jax.checkpointing import Checkpoints, load_teacher, save_teacher
+from sastc_jax.checkpoints import Checkpoints, load_teacher, save_teacher
 TX = optax.sgd(0.1, momentum=0.9)
 """
     + DICT_STATE
@@ -667,7 +667,7 @@ def test_verify_command_lists_every_checkpoint(tmp_path, capsys):
         num_classes=2,
         dataset="d",
     )
-    assert checkpointing.main(["verify", f"--workdir={tmp_path}"]) == 0
+    assert checkpoints.main(["verify", f"--workdir={tmp_path}"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[:-1] == [
         f"intact   {tmp_path / path}"
@@ -675,13 +675,13 @@ def test_verify_command_lists_every_checkpoint(tmp_path, capsys):
     ]
     assert lines[-1] == "4 checkpoint(s): 4 intact, 0 corrupt"
     truncate(array_files(tmp_path / "student" / "latest" / "2")[0])
-    assert checkpointing.main(["verify", f"--workdir={tmp_path}"]) == 1
+    assert checkpoints.main(["verify", f"--workdir={tmp_path}"]) == 1
     out = capsys.readouterr().out
     assert f"CORRUPT  {tmp_path / 'student/latest/2'}: state/ocdbt.process_0/d/" in out
     assert "is truncated" in out and "4 checkpoint(s): 3 intact, 1 corrupt" in out
-    assert checkpointing.main(["verify", f"--workdir={tmp_path / 'student' / 'best'}"]) == 0
+    assert checkpoints.main(["verify", f"--workdir={tmp_path / 'student' / 'best'}"]) == 0
     (tmp_path / "empty").mkdir()
-    assert checkpointing.main(["verify", f"--workdir={tmp_path / 'empty'}"]) == 1
+    assert checkpoints.main(["verify", f"--workdir={tmp_path / 'empty'}"]) == 1
     assert "no checkpoints found under" in capsys.readouterr().out
 
 

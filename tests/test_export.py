@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from sastc_jax import checkpointing, data, export, models, neurons
+from sastc_jax import checkpoints, data, export, models, neurons
 from sastc_jax.data import fashion_mnist
 from sastc_jax.models.layers import LIF
 
@@ -454,7 +454,7 @@ def quickstart_workdir(directory, *, with_student: bool = True):
             "params": {"student": variables["params"]},
             "batch_stats": variables["batch_stats"],
         }
-        with checkpointing.Checkpoints(directory / "student") as ckpts:
+        with checkpoints.Checkpoints(directory / "student") as ckpts:
             ckpts.save(
                 7,
                 state,

@@ -19,7 +19,7 @@ import pytest
 from event_files import read_scalars
 from processes import REPO, environment
 
-from sastc_jax.checkpointing import CHECKSUMS
+from sastc_jax.checkpoints import CHECKSUMS
 from sastc_jax.metrics import read_metrics
 
 NUM_EXAMPLES = 24
@@ -164,7 +164,7 @@ def test_evaluate_reports_the_saved_models_accuracy(
 def test_evaluate_without_a_student_checkpoint(tmp_path):
     completed = cli(tmp_path, "--config.stage=evaluate", "--config.evaluate=student")
     assert completed.returncode == 1
-    assert f"no checkpoint in {tmp_path / 'student' / 'latest'}: nothing to restore" in (
+    assert f"no latest checkpoint in {tmp_path / 'student' / 'latest'}: train this stage" in (
         completed.stderr
     )
     assert "[evaluate] student: loading the test split and the checkpoint" in completed.stderr

@@ -25,7 +25,7 @@ import processes
 import pytest
 from processes import REPO, run
 
-from sastc_jax import checkpointing
+from sastc_jax import checkpoints
 from sastc_jax.metrics import read_metrics
 
 LAUNCH = REPO / "launch" / "local_multiprocess.sh"
@@ -125,7 +125,7 @@ def test_checkpoint_of_two_processes_restores_in_one(runs, tmp_path):
     # stored shapes, replicated here, as run_stage restores into its live state.
     stored = ocp.StandardCheckpointer().metadata(latest / "3" / "state").item_metadata.tree
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored)
-    with checkpointing.Checkpoints(multi / "student") as ckpts:
+    with checkpoints.Checkpoints(multi / "student") as ckpts:
         state, metadata = ckpts.restore(target)
     assert metadata["step"] == 3 and metadata["method"] == "sastc"
     restored, in_memory = flat(state), final_state(multi, "student", 0)
@@ -137,7 +137,7 @@ def test_checkpoint_of_two_processes_restores_in_one(runs, tmp_path):
             continue
         held = in_memory["." + key[2:].replace("']", "", 1)]  # "['params']..." -> ".params..."
         np.testing.assert_allclose(value, held.reshape(value.shape), err_msg=key)
-    variables, record = checkpointing.load_teacher(
+    variables, record = checkpoints.load_teacher(
         multi / "teacher" / "final", model="convnet_ann", num_classes=10
     )
     assert record["accuracy"] == records(multi, "test")[0]["accuracy"]

@@ -62,6 +62,15 @@ def test_evaluation_counts_cumulative_time_steps_and_skips_padding():
     assert result["accuracy"] == 3 / 5
 
 
+def test_accuracy_by_time_steps_uses_the_cumulative_mean():
+    # T=2, B=2: example 0 right at t=1 only, example 1 right at both; example 1 masked.
+    logits = jnp.asarray([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 5.0], [0.0, 1.0]]])
+    correct = step.correct_per_time_steps(logits, jnp.array([0, 1]), jnp.array([True, True]))
+    np.testing.assert_array_equal(correct, [2, 1])
+    masked = step.correct_per_time_steps(logits, jnp.array([0, 1]), jnp.array([True, False]))
+    np.testing.assert_array_equal(masked, [1, 0])
+
+
 def test_evaluation_refuses_a_wrong_example_count():
     logits, labels = np.zeros((8, 1, 2), np.float32), np.zeros(8, np.int32)
     split = FakeSplit(logits, labels, np.ones(8, bool))  # 8 counted, split says 5
