@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sastc_jax import analyze, losses, metrics, models, parallel, train
+from sastc_jax import analyze, checkpoints, losses, metrics, models, parallel, train
 
 DIAGNOSIS = "diagnosis.json"
 
@@ -118,23 +118,28 @@ def diagnose_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     """Diagnose the calibration of ``run_dir``; writes and returns ``diagnosis.json``."""
     run_dir = Path(run_dir)
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    config = analyze.load_config(run_dir)
+    config = checkpoints.load_config(run_dir)
     if config.method not in losses.CALIBRATED_METHODS:
         raise ValueError(
             f"{run_dir} trained method {config.method!r}, which has no calibration; diagnose "
             f"needs one of {sorted(losses.CALIBRATED_METHODS)}."
         )
-    stage, trained = analyze.restore_student(config, run_dir, mesh)
-    initial = jax.device_get(train.portable(stage.state, mesh))
-    data = stage.validation_data or stage.eval_data
+    trained = checkpoints.load_run(run_dir, "latest", config=config).state
+    _, validation, test = train.load_datasets(config, "student", mesh)
+    data = validation or test
     sample = np.zeros((data.batch_size, *data.input_shape), np.float32)
     parts = train.build_distillation(config, data.num_classes, sample)
-    teacher_vars = jax.device_get(stage.frozen)
+    params, batch_stats = jax.device_get(train.initial_student(config, parts, sample, mesh))
+    initial = {"params": params, "batch_stats": batch_stats}
+    teacher_vars, _ = train.load_teacher(
+        config, run_dir, parts.teacher, data.num_classes, data.input_shape
+    )
+    teacher_vars = jax.device_get(teacher_vars)
     states = {}
     for name, state in (("initial", initial), ("trained", trained)):
-        variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+        variables = {"params": state["params"]["student"], "batch_stats": state["batch_stats"]}
         states[name] = calibration_state(
-            parts, variables, state.params["calibration"], teacher_vars, data
+            parts, variables, state["params"]["calibration"], teacher_vars, data
         )
     attention = {name: np.asarray(states[name]["attention"]) for name in states}
     entropy = {name: np.asarray(states[name]["entropy_per_student_tap"]) for name in states}
@@ -142,7 +147,7 @@ def diagnose_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     result = {
         "run": str(run_dir),
         "method": config.method,
-        "split": "validation" if stage.validation_data is not None else "test",
+        "split": "validation" if validation is not None else "test",
         "beta": weights.beta,
         "max_entropy": math.log(attention["trained"].shape[-1]),
         "loss_shares": loss_shares(run_dir, weights),

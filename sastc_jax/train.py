@@ -318,16 +318,23 @@ def distillation_inputs(config, mesh):
     return train_data, validation_data, eval_data, sample, parts
 
 
-def distill_stage(config, mesh, workdir: Path) -> Stage:
-    optim = config.student.optimizer
-    train_data, validation_data, eval_data, sample, parts = distillation_inputs(config, mesh)
-    num_classes = train_data.num_classes
+def initial_student(config, parts: Distillation, sample: np.ndarray, mesh) -> tuple[dict, dict]:
+    """``(params, batch_stats)`` the distillation starts from: ``params['student']`` and,
+    for a calibrated method, ``params['calibration']``, both from ``config.seed``."""
     rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
     variables = init_variables(parts.student, rng_student, sample, mesh)
     params = {"student": variables["params"]}
     if parts.calibrator is not None:
         init = jax.jit(parts.init_calibration, out_shardings=parallel.replicated(mesh))
         params["calibration"] = init(rng_calibration)
+    return params, variables["batch_stats"]
+
+
+def distill_stage(config, mesh, workdir: Path) -> Stage:
+    optim = config.student.optimizer
+    train_data, validation_data, eval_data, sample, parts = distillation_inputs(config, mesh)
+    num_classes = train_data.num_classes
+    params, batch_stats = initial_student(config, parts, sample, mesh)
     frozen, teacher_record = {}, {}
     if parts.teacher is not None:
         teacher_vars, teacher_record = load_teacher(
@@ -342,7 +349,7 @@ def distill_stage(config, mesh, workdir: Path) -> Stage:
         eval_data=eval_data,
         validation_data=validation_data,
         optim=optim,
-        state=new_state(params, variables["batch_stats"], tx, mesh),
+        state=new_state(params, batch_stats, tx, mesh),
         frozen=frozen,
         train_step=step_lib.make_train_step(parts.objective, tx, schedule, mesh),
         eval_step=step_lib.make_eval_step(parts.student, mesh),
