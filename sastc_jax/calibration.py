@@ -402,6 +402,17 @@ class Calibration(nn.Module):
                 errors = errors.at[:, :, i, j].set(error)
         return errors
 
+    def loss_factors(
+        self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]
+    ) -> tuple[Array, Array]:
+        """The pair errors and the attention, both ``(T', B, S, K)``, whose weighted mean is
+        the loss (``T' = 1`` for 'spatial', which averages the student taps over time)."""
+        if self.method == "spatial":
+            student_taps = [jnp.mean(tap, axis=0, keepdims=True) for tap in student_taps]
+        return self.pair_errors(student_taps, teacher_taps), self.attention(
+            student_taps, teacher_taps
+        )
+
     def __call__(
         self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]
     ) -> tuple[Array, Array]:
@@ -409,10 +420,7 @@ class Calibration(nn.Module):
             student_taps, teacher_taps, self.student_shapes, self.teacher_shapes, self.batch_size
         )
         teacher_taps = [jax.lax.stop_gradient(tap) for tap in teacher_taps]
-        if self.method == "spatial":
-            student_taps = [jnp.mean(tap, axis=0, keepdims=True) for tap in student_taps]
-        attention = self.attention(student_taps, teacher_taps)
-        errors = self.pair_errors(student_taps, teacher_taps)
+        errors, attention = self.loss_factors(student_taps, teacher_taps)
         steps, batch, num_student = attention.shape[:3]
         loss = jnp.sum(attention * errors) / (batch * steps * num_student)
         return loss, attention

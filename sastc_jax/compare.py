@@ -658,7 +658,6 @@ def choices_markdown(choices: dict[str, Any], doubling: list[dict[str, Any]]) ->
             f"- {kind} sweep ({result['row']}, seed {result['seed']}), final validation "
             f"accuracy per value: {values}; chosen {result['chosen']:g}."
         )
-    for kind, result in choices.get("sweeps", {}).items():
         if result.get("diverged"):
             lines.append(
                 f"- {kind} sweep: the value(s) {', '.join(result['diverged'])} diverged "

@@ -58,15 +58,6 @@ def loss_shares(run_dir: Path, weights: losses.LossWeights) -> list[dict[str, fl
     return shares
 
 
-def _errors_and_attention(module, student_taps, teacher_taps):
-    """The two factors of the calibration loss, as ``Calibration.__call__`` forms them."""
-    if module.method == "spatial":
-        student_taps = [jnp.mean(tap, axis=0, keepdims=True) for tap in student_taps]
-    return module.pair_errors(student_taps, teacher_taps), module.attention(
-        student_taps, teacher_taps
-    )
-
-
 def calibration_state(parts, student_variables, calibration_params, teacher_vars, data) -> dict:
     """Over ``data``'s full batches: mean pair errors ``(S, K)``, mean attention
     ``(T', S, K)``, its entropy per student tap ``(S,)`` and the attention-weighted error."""
@@ -83,7 +74,7 @@ def calibration_state(parts, student_variables, calibration_params, teacher_vars
             {"params": calibration_params},
             models.get_taps(student_state),
             models.get_taps(teacher_state),
-            method=_errors_and_attention,
+            method="loss_factors",
         )
         return {
             "errors": jnp.sum(errors, axis=(0, 1)) / errors.shape[0],  # (S, K)
