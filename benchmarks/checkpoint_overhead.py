@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from sastc_jax import checkpoints, configuration, parallel, train
-from sastc_jax import step as step_lib
+from sastc_jax.train import step as step_lib
 
 
 def student_state():

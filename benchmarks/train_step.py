@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from sastc_jax import configuration, metrics, parallel, train
-from sastc_jax import step as step_lib
+from sastc_jax.train import step as step_lib
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sastc_jax import checkpoints, losses, models, parallel, plots, train
-from sastc_jax import step as step_lib
 from sastc_jax.models.layers import Dense
+from sastc_jax.train import step as step_lib
 
 Array = jax.Array
 ANALYSIS = "analysis.json"

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from absl import app
 
 from sastc_jax import main
-from sastc_jax import step as step_lib
+from sastc_jax.train import step as step_lib
 
 _make_train_step = step_lib.make_train_step
 

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sastc_jax import analyze, step
+from sastc_jax import analyze
 from sastc_jax.models import layers
+from sastc_jax.train import step
 
 
 def test_conv_fan_out_counts_reached_outputs_within_bounds():

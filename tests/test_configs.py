@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from sastc_jax import configuration, data, losses, models, ops, parallel, step, train
+from sastc_jax import configuration, data, losses, models, ops, parallel, train
+from sastc_jax.train import step
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py"))

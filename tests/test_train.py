@@ -12,10 +12,11 @@ import numpy as np
 import optax
 import pytest
 
-from sastc_jax import configuration, losses, parallel, step, train
+from sastc_jax import configuration, losses, parallel, train
 from sastc_jax import metrics as metrics_lib
 from sastc_jax.models.layers import LIF
 from sastc_jax.neurons import LIFConfig
+from sastc_jax.train import step
 
 
 class LogitsEcho(nn.Module):

@@ -15,7 +15,8 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
-    from sastc_jax import calibration, losses, models, parallel, step, train
+    from sastc_jax import calibration, losses, models, parallel, train
+    from sastc_jax.train import step
 
     mesh = parallel.make_mesh()
     assert mesh.size == 8, mesh
@@ -108,7 +109,8 @@ LEARNED_SCALE_SCRIPT = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
-    from sastc_jax import configuration, parallel, step, train
+    from sastc_jax import configuration, parallel, train
+    from sastc_jax.train import step
 
     mesh = parallel.make_mesh()
     assert mesh.size == 2, mesh
