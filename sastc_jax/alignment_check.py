@@ -62,11 +62,11 @@ import optax
 
 from sastc_jax.calibration import (
     Calibration,
-    adaptive_pool,
     calibration_loss,
     calibration_module,
     init_calibration,
 )
+from sastc_jax.regressors import adaptive_pool
 
 Array = jax.Array
 

@@ -10,11 +10,11 @@ from init_statistics import assert_pytorch_uniform, fans
 
 from sastc_jax.calibration import (
     Calibration,
-    adaptive_pool,
     calibration_loss,
     init_calibration,
     regressor_macs,
 )
+from sastc_jax.regressors import adaptive_pool
 
 T, B = 2, 8
 # Student tap 0 (8x8) is larger than teacher taps 0 (4x4) and 2 (3x3: a non-integer

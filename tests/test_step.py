@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sastc_jax import calibration, configuration, losses, models, train
+from sastc_jax import calibration, configuration, losses, models, regressors, train
 
 # Building and compiling the ResNet-19 pair takes about a minute on 2 CPU cores.
 pytestmark = pytest.mark.slow
@@ -50,8 +50,8 @@ def reference_calibration(calibrator, params, student_taps, teacher_taps):
     errors = jnp.zeros(attention.shape, jnp.float32)
     for i, j in calibrator.pairs():
         merged = student_taps[i].reshape(steps * batch, *student_taps[i].shape[2:])
-        student, teacher = calibration.align_pair(merged, teacher_taps[j])
-        regressor = calibration.Regressor(teacher_taps[j].shape[-1])
+        student, teacher = regressors.align_pair(merged, teacher_taps[j])
+        regressor = regressors.Regressor(teacher_taps[j].shape[-1])
         out = regressor.apply(
             {"params": params[f"regressors_{i}_{j}"]},
             student.reshape(steps, batch, *student.shape[1:]),
