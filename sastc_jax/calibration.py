@@ -36,12 +36,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sastc_jax import losses
 from sastc_jax.models.layers import Dense, ops_field
 from sastc_jax.ops import Ops
 from sastc_jax.regressors import Regressor, RegressorGroup, align_pair
 
 Array = jax.Array
-METHODS = ("sastc", "spatial", "layerwise")
 
 
 def similarity(features: Array) -> Array:
@@ -231,8 +231,10 @@ def validate_calibration(
     student_shapes, teacher_shapes, batch_size: int, method: str, embed_dim: int | None
 ) -> None:
     """Raise ``ValueError`` for a calibration set-up the method cannot run."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown calibration method {method!r}; choose one of {METHODS}.")
+    if method not in losses.CALIBRATED_METHODS:
+        raise ValueError(
+            f"Unknown calibration method {method!r}; choose one of {losses.CALIBRATED_METHODS}."
+        )
     if not student_shapes or not teacher_shapes:
         raise ValueError(
             "Calibration needs at least one student tap and one teacher tap; "
@@ -410,7 +412,6 @@ def regressor_macs(student_shapes, teacher_shapes, method: str = "sastc") -> int
 
 
 __all__ = [
-    "METHODS",
     "Calibration",
     "EmbeddingMLP",
     "calibration_loss",

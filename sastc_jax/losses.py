@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 Array = jax.Array
+# The values of config.method; the calibrated ones are the Calibration module's methods.
 METHODS = ("ce", "kd", "layerwise", "spatial", "sastc")
 CALIBRATED_METHODS = ("layerwise", "spatial", "sastc")
 # What the KD term distils (SPEC §3b): the time-mean logits (the paper) or every step's.
