@@ -160,36 +160,56 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def _choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"config.{field} = {value!r} is not supported; allowed: {', '.join(map(str, allowed))}."
+        )
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ``ValueError`` naming the field, the value and what is allowed."""
+    """Raise ``ValueError`` naming the field, the value and what is allowed.
 
-    def choice(field: str, value, allowed) -> None:
-        if value not in allowed:
-            raise ValueError(
-                f"config.{field} = {value!r} is not supported; "
-                f"allowed: {', '.join(map(str, allowed))}."
-            )
+    ``device_count``: the devices of this run, when known (batch divisibility checks).
+    """
+    _validate_choices(config)
+    _validate_models(config)
+    _validate_loss(config)
+    _validate_optimizers(config, device_count)
+    _validate_guards_and_intervals(config)
 
-    choice("stage", config.stage, STAGES)
-    choice("evaluate", config.evaluate, EVALUATED)
+
+def _validate_choices(config: ml_collections.ConfigDict) -> None:
+    """The enumerated fields, the dataset and the teacher file against the stage."""
+    _choice("stage", config.stage, STAGES)
+    _choice("evaluate", config.evaluate, EVALUATED)
     if config.stage == "teacher" and torch_import.is_torch_checkpoint(config.teacher.checkpoint):
         raise ValueError(
             f"config.teacher.checkpoint = {config.teacher.checkpoint!r} is a PyTorch file to "
             "import; the `teacher` stage trains and saves an orbax teacher directory. Use "
             "stage `distill`, `all` or `evaluate` with this file, or name a directory."
         )
-    choice("dtype", config.dtype, DTYPES)
-    choice("ops", config.get("ops", "auto"), ops.NAMES)
-    choice("method", config.method, losses.METHODS)
-    choice("dataset.name", config.dataset.name, DATASETS)
-    choice("dataset.source", config.dataset.source, data.SOURCES[config.dataset.name])
-    choice("dataset.bad_examples", config.dataset.get("bad_examples", "error"), BAD_EXAMPLES)
-    choice("teacher.model", config.teacher.model, models.list_models())
-    choice("student.model", config.student.model, models.list_models())
+    _choice("dtype", config.dtype, DTYPES)
+    _choice("ops", config.get("ops", "auto"), ops.NAMES)
+    _choice("method", config.method, losses.METHODS)
+    _choice("dataset.name", config.dataset.name, DATASETS)
+    _choice("dataset.source", config.dataset.source, data.SOURCES[config.dataset.name])
+    _choice("dataset.bad_examples", config.dataset.get("bad_examples", "error"), BAD_EXAMPLES)
+    if not 0.0 <= config.dataset.validation_fraction < 1.0:
+        raise ValueError(
+            f"config.dataset.validation_fraction = {config.dataset.validation_fraction}; "
+            "allowed: 0 (no validation split) or a share in (0, 1)."
+        )
+
+
+def _validate_models(config: ml_collections.ConfigDict) -> None:
+    """Registered models, a teacher ANN and a spiking student, remat support, neurons."""
+    _choice("teacher.model", config.teacher.model, models.list_models())
+    _choice("student.model", config.student.model, models.list_models())
     for role in ("teacher", "student"):
         if "init_scheme" in config[role].model_kwargs:
             scheme = config[role].model_kwargs.init_scheme
-            choice(f"{role}.model_kwargs.init_scheme", scheme, INIT_SCHEMES)
+            _choice(f"{role}.model_kwargs.init_scheme", scheme, INIT_SCHEMES)
     if models.is_spiking(config.teacher.model):
         raise ValueError(
             f"config.teacher.model = {config.teacher.model!r} is a spiking "
@@ -206,30 +226,33 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
             f"config.remat = True, but the student {config.student.model!r} has no remat "
             f"option; the students that support it: {', '.join(supported)}."
         )
-    if not 0.0 <= config.dataset.validation_fraction < 1.0:
-        raise ValueError(
-            f"config.dataset.validation_fraction = {config.dataset.validation_fraction}; "
-            "allowed: 0 (no validation split) or a share in (0, 1)."
-        )
+    if config.time_steps < 1:
+        raise ValueError(f"config.time_steps = {config.time_steps}; an SNN needs T >= 1.")
+    neurons.LIFConfig(**config.neuron.to_dict())  # raises on a bad surrogate / tau / width
+
+
+def _validate_loss(config: ml_collections.ConfigDict) -> None:
+    """The fields of ``config.loss``."""
     loss_fields = (*losses.LossWeights._fields, "attention_scale", "learn_attention_scale")
     if unknown := sorted(set(config.loss) - set(loss_fields)):
         raise ValueError(
             f"config.loss has unknown field(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(loss_fields)}."
         )
-    choice("loss.kd_target", config.loss.get("kd_target", "mean"), losses.KD_TARGETS)
+    _choice("loss.kd_target", config.loss.get("kd_target", "mean"), losses.KD_TARGETS)
     scale = config.loss.get("attention_scale", 1.0)
     if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
         raise ValueError(
             f"config.loss.attention_scale = {scale!r}; allowed: a finite number > 0 "
             "(1 = the paper's unscaled attention)."
         )
-    if config.time_steps < 1:
-        raise ValueError(f"config.time_steps = {config.time_steps}; an SNN needs T >= 1.")
-    neurons.LIFConfig(**config.neuron.to_dict())  # raises on a bad surrogate / tau / width
+
+
+def _validate_optimizers(config: ml_collections.ConfigDict, device_count: int | None) -> None:
+    """Each stage's optimiser, its batch against the devices, the calibration batch."""
     for stage in ("teacher", "student"):
         optim = config[stage].optimizer
-        choice(f"{stage}.optimizer.schedule", optim.schedule, SCHEDULES)
+        _choice(f"{stage}.optimizer.schedule", optim.schedule, SCHEDULES)
         if optim.epochs < 1 or optim.batch_size < 1 or optim.learning_rate <= 0:
             raise ValueError(
                 f"config.{stage}.optimizer needs epochs >= 1, batch_size >= 1 and "
@@ -255,6 +278,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
                 f"{per_device}, but SASTC needs at least 4 (d = B // 4). Raise "
                 "config.student.optimizer.batch_size or set config.calibration.embed_dim."
             )
+
+
+def _validate_guards_and_intervals(config: ml_collections.ConfigDict) -> None:
+    """The training guards and the logging / evaluation / checkpoint intervals."""
     if config.guards.max_calibration_ratio < 0:
         raise ValueError(
             f"config.guards.max_calibration_ratio = {config.guards.max_calibration_ratio}; "

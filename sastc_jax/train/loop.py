@@ -217,12 +217,7 @@ def run_stage(
         checkpoints.Checkpoints(workdir / stage.name, max_to_keep=config.keep_checkpoints) as ckpts,
         SigtermFlag() as sigterm,
     ):
-        # The newest intact checkpoint; corrupt ones are reported and moved aside.
-        state, resumed = stage.state, ckpts.resume(portable(stage.state, mesh))
-        if resumed is not None:
-            stats = parallel.per_device_copies(resumed.state.batch_stats, mesh)
-            state = resumed.state.replace(batch_stats=stats)
-            logger.info(f"[{stage.name}] resumed from step {resumed.step} in {resumed.path}")
+        state = resume(stage, ckpts, mesh, logger)
         step = int(jax.device_get(state.step))
         calibrated = stage.name == "student" and config.method in losses.CALIBRATED_METHODS
         log = TrainLog(
@@ -286,7 +281,36 @@ def run_stage(
             last_eval = evaluate(
                 stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh
             )
-    elapsed = time.perf_counter() - start
+    summary = stage_summary(
+        stage, step, last_eval, best_metrics, time.perf_counter() - start, images, splits
+    )
+    stage.state = state
+    logger.write({"split": "summary", **summary})
+    return summary
+
+
+def resume(stage: Stage, ckpts: checkpoints.Checkpoints, mesh, logger) -> step_lib.TrainState:
+    """The stage's state from its newest intact checkpoint (corrupt ones are reported and
+    moved aside), or its initial state."""
+    resumed = ckpts.resume(portable(stage.state, mesh))
+    if resumed is None:
+        return stage.state
+    stats = parallel.per_device_copies(resumed.state.batch_stats, mesh)
+    logger.info(f"[{stage.name}] resumed from step {resumed.step} in {resumed.path}")
+    return resumed.state.replace(batch_stats=stats)
+
+
+def stage_summary(
+    stage: Stage,
+    step: int,
+    last_eval: dict[str, Any],
+    best_metrics: dict | None,
+    elapsed: float,
+    images: int,
+    splits,
+) -> dict[str, Any]:
+    """The ``summary`` record of a finished stage (call on every process: it may count
+    the bad examples of ``splits`` over all of them)."""
     summary = {
         "stage": stage.name,
         "model": stage.record["model"],
@@ -301,8 +325,6 @@ def run_stage(
         summary["best_validation_accuracy"] = best_metrics["accuracy"]
     if bad_example_policies(*splits):  # policy 'skip' on a reader it applies to
         summary["bad_examples"] = count_bad_examples(splits)
-    stage.state = state
-    logger.write({"split": "summary", **summary})
     return summary
 
 
