@@ -191,42 +191,10 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
         )
         teacher_vars = jax.device_get(teacher_vars)
 
-    # Variables are arguments, not constants: every seed of a method compiles one program.
-    def student_pass(variables, calibration_params, teacher_vars, images, labels, mask):
-        def apply():
-            return student.apply(
-                variables,
-                images,
-                train=False,
-                mutable=["intermediates"],
-                capture_intermediates=models.is_lif_call,
-            )
-
-        (logits, mutated), records = trace_layer_inputs(apply)
-        intermediates = mutated["intermediates"]
-        lif = models.get_lif_outputs(intermediates)
-        kinds, ops = layer_operations(records, mask, spiking=True)
-        layer_kinds.update(kinds)
-        out = {
-            "operations": ops,
-            "firing": step_lib.firing_counts(lif, mask),
-            "correct_per_t": step_lib.correct_per_time_steps(logits, labels, mask),
-        }
-        if calibrated:
-            _, teacher_state = teacher.apply(
-                teacher_vars, images, train=False, mutable=["intermediates"]
-            )
-            _, attention = parts.calibrator.apply(
-                {"params": calibration_params},
-                models.get_taps(mutated),
-                models.get_taps(teacher_state),
-            )
-            out["attention"] = jnp.sum(attention, axis=1)  # (T', S, K)
-            out["entropy"] = jnp.sum(attention_entropy(attention), axis=1)  # (T', S)
-        return out
-
     layer_kinds: dict[str, str] = {}  # filled while tracing
-    student_pass = jax.jit(student_pass)
+    student_pass = make_student_pass(
+        student, teacher, parts.calibrator if calibrated else None, layer_kinds
+    )
     totals, attention_sum, entropy_sum, attention_examples = None, 0.0, 0.0, 0
     for batch in test.epoch(0):
         mask = batch["mask"]
@@ -249,58 +217,138 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
             attention_examples += mask.size
     examples = test.num_examples
 
-    # The teacher's MACs depend only on shapes: one zero image, no trained weights needed.
-    one = np.zeros((1, *test.input_shape), np.float32)
-    teacher_init = teacher_vars or teacher.init(jax.random.key(0), one, train=False)
-    _, teacher_records = trace_layer_inputs(lambda: teacher.apply(teacher_init, one, train=False))
-    _, teacher_ops = layer_operations(teacher_records, np.ones(1, bool), spiking=False)
-
-    layers = [
-        {"name": name, "kind": layer_kinds[name], "ops_per_image": float(ops) / examples}
-        for name, ops in ((name, totals["operations"][name]) for name in layer_kinds)
-    ]
-    student_macs = sum(layer["ops_per_image"] for layer in layers if layer["kind"] == "MAC")
-    student_sops = sum(layer["ops_per_image"] for layer in layers if layer["kind"] == "SOP")
-    teacher_macs = sum(float(ops) for ops in teacher_ops.values())
-    firing = {
-        name: float(entry["spikes"]) / float(entry["neuron_steps"])
-        for name, entry in totals["firing"].items()
-    }
-    all_spikes = sum(float(entry["spikes"]) for entry in totals["firing"].values())
-    all_steps = sum(float(entry["neuron_steps"]) for entry in totals["firing"].values())
     result = {
         "run": str(run_dir),
         "method": config.method,
         "examples": examples,
         "accuracy_per_t": (totals["correct_per_t"] / examples).tolist(),
-        "firing_rate": {"layers": firing, "network": all_spikes / all_steps},
-        "operations": {
-            "layers": layers,
-            "teacher_layers": {name: float(ops) for name, ops in teacher_ops.items()},
-            **energy_table(student_macs, student_sops, teacher_macs),
-        },
+        "firing_rate": firing_rates(totals["firing"]),
+        "operations": operations_summary(
+            layer_kinds,
+            totals["operations"],
+            examples,
+            teacher_operations(teacher, teacher_vars, test.input_shape),
+        ),
         "attention": None,
     }
     if attention_examples:
-        mean = np.asarray(attention_sum) / attention_examples  # (T', S, K)
-        entropy = np.asarray(entropy_sum) / attention_examples  # (T', S)
-        num_teacher = mean.shape[-1]
-        png = plots.plot_attention(
-            mean[:, None],
+        result["attention"] = attention_summary(
+            np.asarray(attention_sum) / attention_examples,
+            np.asarray(entropy_sum) / attention_examples,
+            attention_examples,
             run_dir / "attention.png",
-            [f"student tap {i + 1}" for i in range(mean.shape[1])],
-            [f"teacher tap {j + 1}" for j in range(num_teacher)],
         )
-        result["attention"] = {
-            "examples": attention_examples,
-            "mean": mean.tolist(),
-            "entropy_per_student_tap": entropy.mean(axis=0).tolist(),
-            "max_entropy": math.log(num_teacher),
-            "png": png.name,
-        }
     (run_dir / ANALYSIS).write_text(json.dumps(result, indent=2))
     (run_dir / "analysis.md").write_text(analysis_markdown(result))
     return result
+
+
+def make_student_pass(
+    student: nn.Module,
+    teacher: nn.Module,
+    calibrator: nn.Module | None,
+    layer_kinds: dict[str, str],
+) -> Callable:
+    """The jitted pass over one test batch: ``(variables, calibration_params, teacher_vars,
+    images, labels, mask) -> sums`` of operations, firing, correct counts per T and, with
+    a ``calibrator``, the attention and its entropy. Variables are arguments, not
+    constants, so every seed of a method compiles one program. Tracing fills
+    ``layer_kinds`` (layer name -> 'MAC' | 'SOP')."""
+
+    def student_pass(variables, calibration_params, teacher_vars, images, labels, mask):
+        def apply():
+            return student.apply(
+                variables,
+                images,
+                train=False,
+                mutable=["intermediates"],
+                capture_intermediates=models.is_lif_call,
+            )
+
+        (logits, mutated), records = trace_layer_inputs(apply)
+        lif = models.get_lif_outputs(mutated["intermediates"])
+        kinds, ops = layer_operations(records, mask, spiking=True)
+        layer_kinds.update(kinds)
+        out = {
+            "operations": ops,
+            "firing": step_lib.firing_counts(lif, mask),
+            "correct_per_t": step_lib.correct_per_time_steps(logits, labels, mask),
+        }
+        if calibrator is not None:
+            _, teacher_state = teacher.apply(
+                teacher_vars, images, train=False, mutable=["intermediates"]
+            )
+            _, attention = calibrator.apply(
+                {"params": calibration_params},
+                models.get_taps(mutated),
+                models.get_taps(teacher_state),
+            )
+            out["attention"] = jnp.sum(attention, axis=1)  # (T', S, K)
+            out["entropy"] = jnp.sum(attention_entropy(attention), axis=1)  # (T', S)
+        return out
+
+    return jax.jit(student_pass)
+
+
+def teacher_operations(teacher: nn.Module, teacher_vars, input_shape) -> dict[str, float]:
+    """MACs per image of every conv and dense layer of the ANN teacher. They depend only
+    on shapes: ``teacher_vars`` None initialises it from one zero image."""
+    one = np.zeros((1, *input_shape), np.float32)
+    variables = teacher_vars or teacher.init(jax.random.key(0), one, train=False)
+    _, records = trace_layer_inputs(lambda: teacher.apply(variables, one, train=False))
+    _, operations = layer_operations(records, np.ones(1, bool), spiking=False)
+    return {name: float(ops) for name, ops in operations.items()}
+
+
+def operations_summary(
+    layer_kinds: dict[str, str],
+    student_totals: dict[str, Any],
+    examples: int,
+    teacher_ops: dict[str, float],
+) -> dict[str, Any]:
+    """Per-layer operations per image of the student (``student_totals``: summed over
+    ``examples``), the teacher's, and the energy table of both."""
+    layers = [
+        {"name": name, "kind": kind, "ops_per_image": float(student_totals[name]) / examples}
+        for name, kind in layer_kinds.items()
+    ]
+    student_macs = sum(layer["ops_per_image"] for layer in layers if layer["kind"] == "MAC")
+    student_sops = sum(layer["ops_per_image"] for layer in layers if layer["kind"] == "SOP")
+    return {
+        "layers": layers,
+        "teacher_layers": teacher_ops,
+        **energy_table(student_macs, student_sops, sum(teacher_ops.values())),
+    }
+
+
+def firing_rates(firing: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Spikes / (neurons x T) per LIF layer and over the network, from summed counts."""
+    layers = {
+        name: float(entry["spikes"]) / float(entry["neuron_steps"])
+        for name, entry in firing.items()
+    }
+    all_spikes = sum(float(entry["spikes"]) for entry in firing.values())
+    all_steps = sum(float(entry["neuron_steps"]) for entry in firing.values())
+    return {"layers": layers, "network": all_spikes / all_steps}
+
+
+def attention_summary(mean: np.ndarray, entropy: np.ndarray, examples: int, png: Path) -> dict:
+    """The mean attention ``(T', S, K)`` and entropy ``(T', S)`` over ``examples``, with
+    the heat map written to ``png``."""
+    num_teacher = mean.shape[-1]
+    written = plots.plot_attention(
+        mean[:, None],
+        png,
+        [f"student tap {i + 1}" for i in range(mean.shape[1])],
+        [f"teacher tap {j + 1}" for j in range(num_teacher)],
+    )
+    return {
+        "examples": examples,
+        "mean": mean.tolist(),
+        "entropy_per_student_tap": entropy.mean(axis=0).tolist(),
+        "max_entropy": math.log(num_teacher),
+        "png": written.name,
+    }
 
 
 # --------------------------------------------------------------------------- reports
