@@ -100,7 +100,7 @@ def test_a_bad_flag_value_names_what_is_allowed(args, message):
 
 
 def test_usage_errors_name_the_missing_flag_or_the_stray_argument(tmp_path):
-    with pytest.raises(app.UsageError, match=r"missing required flag\(s\): --workdir \(Run dir"):
+    with pytest.raises(app.UsageError, match=r"missing required flag\(s\): --workdir \(--help"):
         cli_flags.call(analyze_cli.main, [])
     with pytest.raises(app.UsageError, match="expected no positional arguments, got: 1 2"):
         cli_flags.call(export_cli.main, [f"--workdir={tmp_path}", "--dt", "1", "1", "2"])

@@ -77,8 +77,10 @@ def require(*holders: flags.FlagHolder) -> None:
     """Raise app.UsageError naming every flag of ``holders`` left unset."""
     missing = [holder.name for holder in holders if holder.value is None]
     if missing:
-        named = ", ".join(f"--{name} ({FLAGS[name].help})" for name in missing)
-        raise app.UsageError(f"missing required flag(s): {named}", exitcode=USAGE_ERROR)
+        named = ", ".join(f"--{name}" for name in missing)
+        raise app.UsageError(
+            f"missing required flag(s): {named} (--help describes them)", exitcode=USAGE_ERROR
+        )
 
 
 def check_positional(argv: Sequence[str], command: str | None = None) -> None:
