@@ -1,7 +1,8 @@
 """Does the attention find the right layers? A planted-alignment experiment.
 
-    python -m sastc_jax.alignment_check [--steps N] [--seed S ...] [--output DIR]
-        [--attention-scale S] [--learn-attention-scale]
+    python -m sastc_jax.alignment_check [--steps=N] [--seed=S,S,...] [--output=DIR]
+        [--method=sastc,spatial] [--attention-scale=S] [--learn-attention-scale]
+        [--threshold=V[,V,V]]
 
 Teacher taps are fixed random features (random 3x3 convolution, standardised, ReLU)
 of synthetic inputs, with the ResNet-19 tap pattern scaled down (16x16x8, 8x8x16,
@@ -48,7 +49,6 @@ the run starts from.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -450,64 +450,24 @@ def format_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600, help="training steps per run")
-    parser.add_argument("--seed", type=int, nargs="+", default=[0, 1, 2], help="seeds to run")
-    parser.add_argument("--output", default=None, help="directory for alignment.json and the PNG")
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument(
-        "--method", nargs="+", default=["sastc", "spatial"], choices=["sastc", "spatial"]
-    )
-    parser.add_argument(
-        "--attention-scale",
-        type=float,
-        default=1.0,
-        help="attention logits scale * <q, k> (SPEC 3b; 1 = the paper)",
-    )
-    parser.add_argument(
-        "--learn-attention-scale",
-        action="store_true",
-        help="learn the scale (log-parametrised), starting at --attention-scale",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        nargs="+",
-        default=None,
-        help="spike threshold per planted teacher tap (one value, or one per teacher tap)",
-    )
-    args = parser.parse_args(argv)
-    problem = PlantedTaps()
-    if args.threshold is not None:
-        thresholds = args.threshold * (
-            len(problem.teacher_shapes) if len(args.threshold) == 1 else 1
-        )
-        problem = dataclasses.replace(problem, threshold=tuple(thresholds))
-    summary = run_check(
-        problem,
-        steps=args.steps,
-        seeds=args.seed,
-        methods=args.method,
-        learning_rate=args.learning_rate,
-        attention_scale=args.attention_scale,
-        learn_attention_scale=args.learn_attention_scale,
-    )
-    print(format_report(summary))
-    if args.output:
-        from sastc_jax.plots import plot_attention_panels
+def write_results(summary: dict, problem: PlantedTaps, output: str | Path) -> list[Path]:
+    """Write ``alignment.json`` (the summary without its attention arrays) and
+    ``attention.png`` (the first method's attention at the start and every method's at
+    the end, planted pairs outlined) into the directory ``output``; returns both paths."""
+    from sastc_jax.plots import plot_attention_panels
 
-        output = Path(args.output)
-        output.mkdir(parents=True, exist_ok=True)
-        record = {key: value for key, value in summary.items() if key != "attention"}
-        (output / "alignment.json").write_text(json.dumps(record, indent=1))
-        first = args.method[0]
-        panels = {f"{first} start": summary["attention"][first][0]}
-        panels |= {f"{method} end": ends[1] for method, ends in summary["attention"].items()}
-        figure = plot_attention_panels(panels, output / "attention.png", problem.pairing)
-        print(f"wrote {output / 'alignment.json'} and {figure}")
-    return summary
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    record = {key: value for key, value in summary.items() if key != "attention"}
+    (output / "alignment.json").write_text(json.dumps(record, indent=1))
+    first = next(iter(summary["attention"]))
+    panels = {f"{first} start": summary["attention"][first][0]}
+    panels |= {f"{method} end": ends[1] for method, ends in summary["attention"].items()}
+    figure = plot_attention_panels(panels, output / "attention.png", problem.pairing)
+    return [output / "alignment.json", Path(figure)]
 
 
 if __name__ == "__main__":
-    main()
+    from sastc_jax.cli import alignment_check
+
+    alignment_check.run()

@@ -22,7 +22,6 @@ time step, see :mod:`sastc_jax.models.snn`), so its MACs are counted once.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -428,13 +427,7 @@ def headline_markdown(analyses: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Analyse a trained sastc-jax student.")
-    parser.add_argument("--workdir", required=True, help="the run's directory (config.json)")
-    args = parser.parse_args(argv)
-    result = analyze_run(args.workdir)
-    print(analysis_markdown(result))
-
-
 if __name__ == "__main__":
-    main()
+    from sastc_jax.cli import analyze
+
+    analyze.run()

@@ -4,11 +4,10 @@ command ``python -m sastc_jax.checkpointing verify --workdir=DIR`` keep working.
 New code imports :mod:`sastc_jax.checkpoints`.
 """
 
-import sys
-
 from sastc_jax.checkpoints import *  # noqa: F403
 from sastc_jax.checkpoints import __all__  # noqa: F401
-from sastc_jax.checkpoints.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sastc_jax.cli import checkpoints
+
+    checkpoints.run()

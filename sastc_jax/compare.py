@@ -49,30 +49,14 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from sastc_jax import analyze, checkpointing, configuration, losses, metrics, parallel, train
-
-config_flags.DEFINE_config_file(
-    "config", None, "Comparison config file (configs/*_compare.py).", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory of the teacher, the runs and the results.")
-flags.DEFINE_bool(
-    "train", True, "Train what is missing; --notrain tabulates the finished runs only."
-)
-flags.DEFINE_list(
-    "phases", ["sweeps", "table", "doubling"], "Phases to train: sweeps, table, doubling."
-)
-FLAGS = flags.FLAGS
+from sastc_jax import analyze, configuration, losses, metrics, parallel, train
 
 SUMMARY = "summary.json"
 # A run whose loss went non-finite (or whose parameter norm blew up) leaves this record
@@ -901,32 +885,7 @@ def analyse_run(workdir: Path, name: str, mesh) -> dict[str, Any]:
     return analyze.analyze_run(run_dir, mesh=mesh)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if jax.process_count() > 1:
-        raise app.UsageError("The comparison runs in one process.")
-    workdir = Path(FLAGS.workdir)
-    # Every seed of a method compiles the same programs: compile them once.
-    jax.config.update("jax_compilation_cache_dir", str(workdir / "compilation_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    try:
-        run(FLAGS.config, workdir, train_runs=FLAGS.train, phases=FLAGS.phases)
-    except train.Preempted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        sys.exit(143)
-    except (
-        ValueError,
-        FileNotFoundError,
-        checkpointing.CheckpointError,
-        train.NonFiniteLossError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from sastc_jax.cli import compare
+
+    compare.run()

@@ -19,7 +19,6 @@ Only full calibration batches count (a sample's attention depends on its batch).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -213,13 +212,7 @@ def diagnosis_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="A trained calibrated run's directory.")
-    args = parser.parse_args(argv)
-    result = diagnose_run(args.workdir)
-    print(diagnosis_markdown(result))
-
-
 if __name__ == "__main__":
-    main()
+    from sastc_jax.cli import diagnose
+
+    diagnose.run()

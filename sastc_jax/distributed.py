@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
-from absl import flags
 
 
 class DistributedError(RuntimeError):
@@ -52,29 +51,6 @@ _TPU_METADATA_URL = (
     "http://metadata.google.internal/computeMetadata/v1/instance/attributes/"
     "worker-network-endpoints"
 )
-
-
-def define_flags() -> None:
-    """Register the ``--distributed`` and coordinator flags (absl)."""
-    flags.DEFINE_enum(
-        "distributed",
-        "auto",
-        list(MODES),
-        "Call jax.distributed.initialize(): auto = when multi-process (flags, SLURM, "
-        "Open MPI, multi-host TPU); on = always; off = never.",
-    )
-    flags.DEFINE_string(
-        "coordinator_address",
-        "",
-        "host:port of process 0 (plain clusters; empty = JAX's detection).",
-    )
-    flags.DEFINE_integer("num_processes", 0, "Number of processes (0 = JAX's detection).")
-    flags.DEFINE_integer("process_id", -1, "This process's index (-1 = JAX's detection).")
-    flags.DEFINE_integer(
-        "initialization_timeout",
-        DEFAULT_TIMEOUT,
-        "Seconds to wait for the coordinator and for all processes to join it.",
-    )
 
 
 # --------------------------------------------------------------------------- detection
@@ -354,14 +330,3 @@ def initialize(
     with _join_watchdog(timeout_seconds, collective_message):
         check_layout(num_processes)
     return True
-
-
-def initialize_from_flags(flag_values) -> bool:
-    """:func:`initialize` with the values of :func:`define_flags`'s flags."""
-    return initialize(
-        mode=flag_values.distributed,
-        coordinator_address=flag_values.coordinator_address,
-        num_processes=flag_values.num_processes,
-        process_id=flag_values.process_id,
-        timeout_seconds=flag_values.initialization_timeout,
-    )

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -681,30 +680,7 @@ def export_workdir(
     return write(graph, Path(workdir) / "student.nir" if output is None else output)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line; returns the exit status (0, or 1 with a one-line error)."""
-    import argparse
-
-    from sastc_jax import checkpoints
-
-    parser = argparse.ArgumentParser(
-        prog="python -m sastc_jax.export", description="Export a trained student to NIR."
-    )
-    parser.add_argument("--workdir", required=True, help="the run directory of sastc_jax.main")
-    parser.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), default="best")
-    parser.add_argument("--output", default=None, help="file to write (WORKDIR/student.nir)")
-    parser.add_argument("--dt", type=float, default=DEFAULT_DT, help="NIR time step")
-    args = parser.parse_args(argv)
-    try:
-        path = export_workdir(
-            args.workdir, checkpoint=args.checkpoint, output=args.output, dt=args.dt
-        )
-    except (ValueError, OSError, ImportError, checkpoints.CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from sastc_jax.cli import export
+
+    export.run()

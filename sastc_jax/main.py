@@ -1,4 +1,5 @@
-"""Command line: ``python -m sastc_jax.main --config=configs/X.py --workdir=DIR``.
+"""Training: ``python -m sastc_jax.main --config=configs/X.py --workdir=DIR`` (the command
+line is :mod:`sastc_jax.cli.main`; this module holds what it runs).
 
 Any config field can be overridden, e.g. ``--config.method=kd --config.stage=distill``.
 ``config.stage``: ``teacher`` trains the ANN teacher, ``distill`` trains the SNN
@@ -12,40 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
 
 from sastc_jax import (
     checkpoints,
     configuration,
-    distributed,
     metrics,
     parallel,
     runlock,
     torch_import,
     train,
-)
-
-config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py).", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the teacher.")
-distributed.define_flags()
-flags.mark_flags_as_required(["config", "workdir"])
-FLAGS = flags.FLAGS
-
-EXPECTED_ERRORS = (
-    ValueError,
-    FileNotFoundError,
-    ImportError,
-    checkpoints.CheckpointError,
-    train.NonFiniteLossError,
-    distributed.DistributedError,
-    runlock.WorkdirLockedError,
 )
 
 
@@ -123,21 +102,7 @@ def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> li
     return summaries
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:
-        distributed.initialize_from_flags(FLAGS)
-        run(FLAGS.config, Path(FLAGS.workdir))
-    except train.Preempted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        sys.exit(143)
-    except EXPECTED_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    from sastc_jax.cli import main
+
+    main.run()

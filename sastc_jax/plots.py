@@ -178,15 +178,7 @@ def plot_attention_panels(
     return output
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Plot the curves of a sastc-jax run.")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--output", default=None)
-    args = parser.parse_args(argv)
-    print(plot_run(args.workdir, args.output))
-
-
 if __name__ == "__main__":
-    main()
+    from sastc_jax.cli import plots
+
+    plots.run()

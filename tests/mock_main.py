@@ -14,9 +14,8 @@ import time
 import faults
 import jax
 import tensorflow_datasets as tfds
-from absl import app
 
-from sastc_jax import main
+from sastc_jax.cli import main
 from sastc_jax.train import step as step_lib
 
 _make_train_step = step_lib.make_train_step
@@ -46,7 +45,7 @@ def run_mocked_main() -> None:
         faults.delay_checksums(float(os.environ["MOCK_CHECKSUM_SECONDS"]))
     num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
     with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
-        app.run(main.main)
+        main.run()
 
 
 if __name__ == "__main__":

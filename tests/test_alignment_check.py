@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from sastc_jax import alignment_check
+from sastc_jax.cli import alignment_check as alignment_cli
+from sastc_jax.cli import flags as cli_flags
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -97,9 +99,10 @@ def test_report_gives_planted_weights_as_fractions_of_the_ceiling():
 @pytest.mark.slow  # about 1 minute on 2 cores
 def test_fast_check_recovers_the_planted_pairs(tmp_path, capsys):
     """A short run (seed 0): every planted pair above chance, time-varying pairs followed."""
-    summary = alignment_check.main(
+    cli_flags.parse(
         ["--steps", "400", "--seed", "0", "--method", "sastc", "--output", str(tmp_path)]
     )
+    summary = alignment_cli.check()
     assert "ceiling for this pairing 0.691" in capsys.readouterr().out
     record = json.loads((tmp_path / "alignment.json").read_text())
     assert (tmp_path / "attention.png").read_bytes()[:8] == PNG_MAGIC
@@ -124,9 +127,10 @@ def test_fast_check_recovers_the_planted_pairs(tmp_path, capsys):
 def test_learned_attention_scale_puts_every_planted_weight_above_0_9(tmp_path, capsys):
     """With the attention scale learned from 1 (SPEC §3b), seed 0's planted weight is
     >= 0.9 at every (t, student tap), above the 0.691 joint ceiling of unit cosines."""
-    summary = alignment_check.main(
+    cli_flags.parse(
         ["--steps", "600", "--seed", "0", "--method", "sastc", "--learn-attention-scale"]
     )
+    summary = alignment_cli.check()
     out = capsys.readouterr().out
     assert "attention scale 1 (learned from there)" in out
     (run,) = summary["methods"]["sastc"]

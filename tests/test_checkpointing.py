@@ -20,7 +20,6 @@ from faults import array_files, fill_disk_at_step, flip_byte, truncate
 from flax import struct
 from processes import environment, free_port
 
-from sastc_jax import checkpoints
 from sastc_jax.checkpoints import (
     CHECKSUMS,
     CheckpointError,
@@ -34,6 +33,8 @@ from sastc_jax.checkpoints import (
     verify_checksums,
     verify_workdir,
 )
+from sastc_jax.cli import checkpoints as checkpoints_cli
+from sastc_jax.cli import flags as cli_flags
 
 JsonCheckpointHandler = ocp.handlers.JsonCheckpointHandler
 
@@ -658,6 +659,11 @@ def test_corrupt_teacher_is_an_error_never_a_silent_teacher(tmp_path):
         load_teacher(tmp_path / "nan", model="m", num_classes=2)
 
 
+def checkpoints_command(*args: str) -> int:
+    """``python -m sastc_jax.checkpoints ARGS`` in this process; returns its exit status."""
+    return cli_flags.call(checkpoints_cli.main, args)
+
+
 def test_verify_command_lists_every_checkpoint(tmp_path, capsys):
     save_two_steps(tmp_path / "student")
     save_teacher(
@@ -667,7 +673,7 @@ def test_verify_command_lists_every_checkpoint(tmp_path, capsys):
         num_classes=2,
         dataset="d",
     )
-    assert checkpoints.main(["verify", f"--workdir={tmp_path}"]) == 0
+    assert checkpoints_command("verify", f"--workdir={tmp_path}") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[:-1] == [
         f"intact   {tmp_path / path}"
@@ -675,13 +681,13 @@ def test_verify_command_lists_every_checkpoint(tmp_path, capsys):
     ]
     assert lines[-1] == "4 checkpoint(s): 4 intact, 0 corrupt"
     truncate(array_files(tmp_path / "student" / "latest" / "2")[0])
-    assert checkpoints.main(["verify", f"--workdir={tmp_path}"]) == 1
+    assert checkpoints_command("verify", f"--workdir={tmp_path}") == 1
     out = capsys.readouterr().out
     assert f"CORRUPT  {tmp_path / 'student/latest/2'}: state/ocdbt.process_0/d/" in out
     assert "is truncated" in out and "4 checkpoint(s): 3 intact, 1 corrupt" in out
-    assert checkpoints.main(["verify", f"--workdir={tmp_path / 'student' / 'best'}"]) == 0
+    assert checkpoints_command("verify", f"--workdir={tmp_path / 'student' / 'best'}") == 0
     (tmp_path / "empty").mkdir()
-    assert checkpoints.main(["verify", f"--workdir={tmp_path / 'empty'}"]) == 1
+    assert checkpoints_command("verify", f"--workdir={tmp_path / 'empty'}") == 1
     assert "no checkpoints found under" in capsys.readouterr().out
 
 

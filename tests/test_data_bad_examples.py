@@ -11,9 +11,12 @@ import os
 
 import numpy as np
 import pytest
+from absl import app
 from test_data_image_folder import HOST, SIZE, write_image, write_tree
 
 from sastc_jax import configuration, data
+from sastc_jax.cli import data as data_cli
+from sastc_jax.cli import flags as cli_flags
 from sastc_jax.data import bad_examples, image_folder, verify
 
 CLEAN = {
@@ -222,12 +225,17 @@ def write_config(path, data_dir: str, name: str = "imagenet2012", source: str = 
     return str(path)
 
 
+def data_command(*args: str) -> int:
+    """``python -m sastc_jax.data ARGS`` in this process; returns its exit status."""
+    return cli_flags.call(data_cli.main, args)
+
+
 def test_verify_passes_a_clean_folder(tmp_path, capsys):
     write_tree(tmp_path / "data", CLEAN)
     config = write_config(tmp_path / "config.py", "/nowhere")
     output = tmp_path / "bad.jsonl"
     argv = ["verify", f"--config={config}", f"--config.dataset.data_dir={tmp_path / 'data'}"]
-    assert verify.main([*argv, f"--output={output}", "--threads=2"]) == 0
+    assert data_command(*argv, f"--output={output}", "--threads=2") == 0
     assert output.read_text() == ""
     out = capsys.readouterr().out
     assert "train: 9 examples checked, 0 bad" in out and "test: 4 examples checked, 0 bad" in out
@@ -238,7 +246,7 @@ def test_verify_lists_every_bad_file_and_fails(tmp_path, capsys, monkeypatch):
     damaged = bad_tree(tmp_path / "data")
     config = write_config(tmp_path / "config.py", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    assert verify.main(["verify", f"--config={config}", "--noprogress"]) == 1
+    assert data_command("verify", f"--config={config}", "--noprogress") == 1
     records = [json.loads(line) for line in (tmp_path / "bad_files.jsonl").read_text().splitlines()]
     assert {r["path"]: r["split"] for r in records} == {
         path: "test" if f"{os.sep}val{os.sep}" in path else "train" for path in damaged
@@ -274,7 +282,7 @@ def test_verify_array_sources_and_usage_errors(tmp_path, capsys):
     write_fashion_dir(tmp_path / "fm", n_train=5, n_test=3)
     config = write_config(tmp_path / "config.py", str(tmp_path / "fm"), "fashion_mnist", "local")
     output = f"--output={tmp_path / 'bad.jsonl'}"
-    assert verify.main(["verify", f"--config={config}", output]) == 0
+    assert data_command("verify", f"--config={config}", output) == 0
     assert "train: 5 examples checked, 0 bad" in capsys.readouterr().out
 
     labels = tmp_path / "fm" / "t10k-labels-idx1-ubyte.gz"
@@ -282,13 +290,14 @@ def test_verify_array_sources_and_usage_errors(tmp_path, capsys):
         content = handle.read()
     with gzip.open(labels, "wb") as handle:
         handle.write(content[:-2])  # two labels short of the header's count
-    assert verify.main(["verify", f"--config={config}", output]) == 1
+    assert data_command("verify", f"--config={config}", output) == 1
     (record,) = [json.loads(line) for line in (tmp_path / "bad.jsonl").read_text().splitlines()]
     assert record["split"] == "test" and str(labels) in record["reason"]
     assert "truncated or corrupt" in record["reason"]
 
-    assert verify.main(["check", f"--config={config}"]) == 2
-    assert verify.main(["verify", f"--config={config}", "--config.dataset.bad_examples=x"]) == 2
+    with pytest.raises(app.UsageError, match="expected the command `verify`, got: check"):
+        data_command("check", f"--config={config}")
+    assert data_command("verify", f"--config={config}", "--config.dataset.bad_examples=x") == 2
     assert "config.dataset.bad_examples = 'x'" in capsys.readouterr().err
 
 

@@ -25,6 +25,8 @@ import pytest
 from flax import traverse_util
 
 from sastc_jax import checkpoints, data, export, models, neurons
+from sastc_jax.cli import export as export_cli
+from sastc_jax.cli import flags as cli_flags
 from sastc_jax.data import fashion_mnist
 from sastc_jax.models.layers import LIF
 
@@ -470,9 +472,14 @@ def quickstart_workdir(directory, *, with_student: bool = True):
     return model, variables
 
 
+def export_command(*args: str) -> int:
+    """``python -m sastc_jax.export ARGS`` in this process; returns its exit status."""
+    return cli_flags.call(export_cli.main, args)
+
+
 def test_export_command_writes_the_student(tmp_path, capsys):
     model, variables = quickstart_workdir(tmp_path)
-    assert export.main([f"--workdir={tmp_path}", "--checkpoint=final"]) == 0
+    assert export_command(f"--workdir={tmp_path}", "--checkpoint=final") == 0
     assert f"wrote {tmp_path / 'student.nir'}" in capsys.readouterr().out
     mode = (tmp_path / "student.nir").stat().st_mode & 0o777
     assert mode == 0o666 & ~export._umask()  # as any new file, not the temporary's 0600
@@ -483,7 +490,7 @@ def test_export_command_writes_the_student(tmp_path, capsys):
     imported = export.from_nir(graph, model, (28, 28, 1))
     folded = export.fold_batch_norm(model, variables, (28, 28, 1))
     assert trees_equal(imported, folded)
-    assert export.main([f"--workdir={tmp_path}", f"--output={tmp_path / 'best.nir'}"]) == 0
+    assert export_command(f"--workdir={tmp_path}", f"--output={tmp_path / 'best.nir'}") == 0
     assert (tmp_path / "best.nir").is_file()
 
 
@@ -491,9 +498,9 @@ def test_export_command_errors_leave_no_file(tmp_path, capsys, monkeypatch):
     empty = tmp_path / "untrained"
     empty.mkdir()
     quickstart_workdir(empty, with_student=False)
-    assert export.main([f"--workdir={empty}"]) == 1
+    assert export_command(f"--workdir={empty}") == 1
     assert "no student checkpoint to export" in capsys.readouterr().err
-    assert export.main([f"--workdir={tmp_path / 'nowhere'}"]) == 1
+    assert export_command(f"--workdir={tmp_path / 'nowhere'}") == 1
     assert "no config.json" in capsys.readouterr().err
 
     run = tmp_path / "run"
@@ -506,7 +513,7 @@ def test_export_command_errors_leave_no_file(tmp_path, capsys, monkeypatch):
         (tmp_path / "missing_dir" / "student.nir", "is not an existing directory"),
         (run, "it is a directory"),
     ]:
-        assert export.main([f"--workdir={run}", f"--output={output}"]) == 1
+        assert export_command(f"--workdir={run}", f"--output={output}") == 1
         assert message in capsys.readouterr().err
 
     def failing_write(path, graph, **kwargs):  # a write that dies half-way
@@ -515,7 +522,7 @@ def test_export_command_errors_leave_no_file(tmp_path, capsys, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(nir, "write", failing_write)
-    assert export.main([f"--workdir={run}", f"--output={tmp_path / 'out.nir'}"]) == 1
+    assert export_command(f"--workdir={run}", f"--output={tmp_path / 'out.nir'}") == 1
     assert "disk full" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "run", "untrained"]
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "student"]

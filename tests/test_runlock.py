@@ -13,7 +13,7 @@ import time
 import pytest
 from processes import REPO, environment
 
-from sastc_jax import runlock
+from sastc_jax import configuration, main, runlock
 
 
 def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
@@ -82,27 +82,11 @@ def test_a_disabled_lock_touches_nothing(tmp_path):
 
 
 def test_run_stops_on_a_locked_workdir_before_writing_anything(tmp_path):
-    # main.run in a process of its own (importing sastc_jax.main defines its absl flags,
-    # which sastc_jax.compare's would clash with in this test process).
-    script = (
-        "import sys\n"
-        "from pathlib import Path\n"
-        "from sastc_jax import configuration, main, runlock\n"
-        "try:\n"
-        "    main.run(configuration.base_config(), Path(sys.argv[1]))\n"
-        "except runlock.WorkdirLockedError as err:\n"
-        "    print(err)\n"
-        "    sys.exit(3)\n"
-    )
-    with runlock.RunLock(tmp_path, command="the first run"):
-        completed = subprocess.run(
-            [sys.executable, "-c", script, str(tmp_path)],
-            capture_output=True,
-            text=True,
-            env=environment(),
-            timeout=300,
-        )
-    assert completed.returncode == 3, completed.stderr[-3000:]
-    assert "is in use by another run" in completed.stdout
-    assert "command: the first run" in completed.stdout
+    with (
+        runlock.RunLock(tmp_path, command="the first run"),
+        pytest.raises(runlock.WorkdirLockedError) as refused,
+    ):
+        main.run(configuration.base_config(), tmp_path)
+    assert "is in use by another run" in str(refused.value)
+    assert "command: the first run" in str(refused.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == [runlock.LOCK_NAME]

@@ -10,11 +10,12 @@
 - :mod:`~sastc_jax.checkpoints.teacher`: the teacher store;
 - :mod:`~sastc_jax.checkpoints.runs`: :func:`load_run`, a trained run's config, student
   and variables;
-- :mod:`~sastc_jax.checkpoints.cli`: ``python -m sastc_jax.checkpoints verify
-  --workdir=DIR`` (``sastc_jax.checkpointing`` is the same command).
+- :mod:`~sastc_jax.checkpoints.cli`: :func:`verify_workdir`, what ``python -m
+  sastc_jax.checkpoints verify --workdir=DIR`` runs (``sastc_jax.checkpointing`` is the
+  same command; its command line is :mod:`sastc_jax.cli.checkpoints`).
 """
 
-from sastc_jax.checkpoints.cli import find_checkpoints, main, verify_workdir
+from sastc_jax.checkpoints.cli import find_checkpoints, verify_workdir
 from sastc_jax.checkpoints.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -71,7 +72,6 @@ __all__ = [
     "load_run",
     "load_stage_state",
     "load_teacher",
-    "main",
     "nonfinite_leaves",
     "save_teacher",
     "teacher_exists",

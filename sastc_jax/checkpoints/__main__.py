@@ -1,8 +1,6 @@
-"""``python -m sastc_jax.checkpoints verify --workdir=DIR``."""
+"""``python -m sastc_jax.checkpoints verify --workdir=DIR``: :mod:`sastc_jax.cli.checkpoints`."""
 
-import sys
-
-from sastc_jax.checkpoints.cli import main
+from sastc_jax.cli import checkpoints
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m sastc_jax.checkpoints"))
+    checkpoints.run()

@@ -1,9 +1,8 @@
-"""``python -m sastc_jax.checkpoints verify --workdir=DIR`` (also ``python -m
-sastc_jax.checkpointing ...``): checks the checksums of every checkpoint under a run."""
+"""What ``python -m sastc_jax.checkpoints verify --workdir=DIR`` does (the command line is
+:mod:`sastc_jax.cli.checkpoints`): find every checkpoint under a run, check its checksums."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any
@@ -67,18 +66,3 @@ def verify_workdir(workdir: str | os.PathLike, out: Any = None) -> bool:
         print(status, file=out)
     print(f"{len(steps)} checkpoint(s): {len(steps) - corrupt} intact, {corrupt} corrupt", file=out)
     return corrupt == 0
-
-
-def main(argv: list[str] | None = None, *, prog: str = "python -m sastc_jax.checkpointing") -> int:
-    """``verify --workdir=DIR``: exit status 0 only if every stage and teacher checkpoint
-    under DIR is intact."""
-    parser = argparse.ArgumentParser(prog=prog, description="Checkpoint maintenance.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser(
-        "verify", help="check the checksums of every checkpoint under a run directory"
-    )
-    verify.add_argument("--workdir", required=True, help="the run's --workdir")
-    args = parser.parse_args(argv)
-    if not as_path(args.workdir).is_dir():
-        parser.error(f"--workdir={args.workdir} is not a directory")
-    return 0 if verify_workdir(args.workdir) else 1

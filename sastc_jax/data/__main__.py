@@ -1,8 +1,6 @@
-"""``python -m sastc_jax.data verify --config=configs/X.py``: see :mod:`sastc_jax.data.verify`."""
+"""``python -m sastc_jax.data verify --config=configs/X.py``: :mod:`sastc_jax.cli.data`."""
 
-import sys
-
-from sastc_jax.data.verify import main
+from sastc_jax.cli import data
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    data.run()

@@ -1,4 +1,5 @@
-"""Check a dataset before training: ``python -m sastc_jax.data verify --config=configs/X.py``.
+"""Check a dataset before training: ``python -m sastc_jax.data verify --config=configs/X.py``
+(the command line is :mod:`sastc_jax.cli.data`).
 
 Every split the config's dataset has ('train' and 'test'; 'validation' is a share of
 'train') is read the way the trainer reads it (same reader, data_dir and source, e.g.
@@ -29,15 +30,12 @@ from typing import Any
 
 import numpy as np
 import tqdm
-from absl import flags
-from ml_collections import config_flags
 
 from sastc_jax.data.errors import DatasetNotFoundError
 
 VERIFIED_SPLITS = ("train", "test")
 DEFAULT_OUTPUT = "bad_files.jsonl"
 _CHUNK = 1024  # examples handed to the pool at a time (bounds the pending futures)
-_USAGE = "usage: python -m sastc_jax.data verify --config=configs/X.py [--config.x=y ...]"
 
 
 def _ordered_map(
@@ -137,59 +135,16 @@ def verify_split(
     }
 
 
-def _define_flags(argv: list[str]) -> flags.FlagValues:
-    """Fresh flags for one call (``sys_argv`` lets ``--config.x=y`` overrides register)."""
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Experiment config file (configs/*.py); its dataset is verified.",
-        flag_values=flag_values,
-        lock_config=True,
-        sys_argv=argv,
-    )
-    flags.DEFINE_string(
-        "output",
-        DEFAULT_OUTPUT,
-        "JSON-lines file listing the bad examples.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_integer(
-        "threads", min(32, os.cpu_count() or 1), "Decoding threads.", flag_values=flag_values
-    )
-    flags.DEFINE_boolean(
-        "progress", True, "Show a progress bar per split.", flag_values=flag_values
-    )
-    return flag_values
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``verify --config=...`` (argv without the program name); returns the exit status."""
-    argv = ["sastc_jax.data", *(sys.argv[1:] if argv is None else argv)]
-    try:
-        flag_values = _define_flags(argv)
-        commands = flag_values(argv)[1:]
-    except (flags.Error, ValueError, OSError) as error:  # a bad flag or config file
-        print(f"error: {error}\n{_USAGE}", file=sys.stderr)
-        return 2
-    if commands != ["verify"] or flag_values.config is None:
-        print(f"error: expected the command `verify` and --config.\n{_USAGE}", file=sys.stderr)
-        return 2
-    config = flag_values.config
-    from sastc_jax import configuration
-
-    try:
-        configuration.validate(config)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
+def verify_dataset(config: Any, *, output: str, threads: int, progress_bar: bool = True) -> int:
+    """Verify every split of :data:`VERIFIED_SPLITS` of ``config``'s dataset, write the bad
+    examples to ``output`` (JSON lines; empty when none) and print a summary; returns the
+    number of bad examples."""
     reports = [
-        verify_split(config, split, threads=flag_values.threads, progress_bar=flag_values.progress)
+        verify_split(config, split, threads=threads, progress_bar=progress_bar)
         for split in VERIFIED_SPLITS
     ]
     bad = [record for report in reports for record in report["bad"]]
-    with open(flag_values.output, "w") as stream:
+    with open(output, "w") as stream:
         for record in bad:
             stream.write(json.dumps(record) + "\n")
     where = config.dataset.data_dir or "its default location"
@@ -203,5 +158,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  bad: {record['path'] or record['split']}: {record['reason']}")
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more")
-    print(f"{len(bad)} bad; listed in {flag_values.output}" if bad else "no bad examples.")
-    return 1 if bad else 0
+    print(f"{len(bad)} bad; listed in {output}" if bad else "no bad examples.")
+    return len(bad)

@@ -1,0 +1,146 @@
+"""The flags every sastc_jax command shares, and how a command parses and runs.
+
+Every command line of the package is an absl program (``sastc_jax.cli.<command>``). The
+flags two or more commands take are defined here, once per process: ``--config`` (an
+ml_collections config file whose fields ``--config.x.y=v`` override), ``--workdir``,
+``--checkpoint`` and ``--output``. A command module defines only its own flags, under
+names no other command module uses, so any set of command modules imports into one
+process (a test run) without a DuplicateFlagError.
+
+Exit status of every command: 0 success, 1 a failure the command reports (``error: ...``),
+2 a usage error (an unknown flag, a bad flag value, a missing required flag, a stray
+argument): the message says what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+USAGE_ERROR = 2  # exit status of a usage error, as argparse's
+
+CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file (configs/*.py; the comparison takes configs/*_compare.py). "
+    "Any field can be overridden after it, e.g. --config.method=kd.",
+    lock_config=True,
+)
+WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run directory: checkpoints, metrics, config.json (what python -m sastc_jax.main "
+    "writes, or one run of python -m sastc_jax.compare under DIR/runs/).",
+)
+CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint",
+    "best",
+    ["best", "final"],
+    "Which student checkpoint: best (the one selected on validation) or final (the last saved).",
+)
+OUTPUT = flags.DEFINE_string(
+    "output",
+    None,
+    "Where the command writes its result; unset = the command's default (see its --help).",
+)
+
+_Main = Callable[[list[str]], Any]
+
+
+class NumberListParser(flags.ListParser):
+    """A comma-separated list of numbers of one type (``int`` or ``float``), for
+    ``flags.DEFINE(NumberListParser(int), name, default, help)``."""
+
+    def __init__(self, kind: type) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def parse(self, argument: Any) -> list:
+        items = super().parse(argument)
+        try:
+            return [self.kind(item) for item in items]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"expected comma-separated {self.kind.__name__} values, got {argument!r}"
+            ) from None
+
+    def flag_type(self) -> str:
+        return f"comma-separated list of {self.kind.__name__}"
+
+
+def require(*holders: flags.FlagHolder) -> None:
+    """Raise app.UsageError naming every flag of ``holders`` left unset."""
+    missing = [holder.name for holder in holders if holder.value is None]
+    if missing:
+        named = ", ".join(f"--{name}" for name in missing)
+        raise app.UsageError(
+            f"missing required flag(s): {named} (--help describes them)", exitcode=USAGE_ERROR
+        )
+
+
+def check_positional(argv: Sequence[str], command: str | None = None) -> None:
+    """Raise app.UsageError for positional arguments (absl leaves them in ``argv``)
+    other than the subcommand ``command``."""
+    expected = [command] if command else []
+    if list(argv[1:]) != expected:
+        given = " ".join(argv[1:]) or "none"
+        wanted = f"the command `{command}`" if command else "no positional arguments"
+        raise app.UsageError(
+            f"expected {wanted}, got: {given} (flags take --name=value; lists are "
+            "comma-separated, e.g. --seed=0,1,2)",
+            exitcode=USAGE_ERROR,
+        )
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """``FLAGS(argv)`` for app.run: a parse error exits 2 with the message; --help and
+    --helpfull, which print the usage and exit 1 in absl, exit 0."""
+    try:
+        return FLAGS(argv)
+    except SystemExit as stop:  # only the help flags exit while parsing
+        raise SystemExit(0 if stop.code == 1 else stop.code) from None
+    except flags.Error as error:
+        print(f"error: {error}\nRun with --help for this command's flags.", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def run(main: _Main, key_flags: Sequence[flags.FlagHolder], usage: str | None) -> NoReturn:
+    """Parse ``sys.argv`` and exit with ``main(positional arguments)``'s status (absl's
+    app.run); ``--help`` and usage errors print ``usage`` and ``key_flags``,
+    ``--helpfull`` every flag."""
+    # absl's usage text is the __main__ module's docstring (the alias `python -m` ran),
+    # followed by the key flags of sys.argv[0].
+    sys.modules["__main__"].__doc__ = usage
+    for holder in key_flags:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[holder.name])
+    app.run(main, flags_parser=_parse_flags)
+    raise AssertionError("app.run returned")  # it exits
+
+
+def parse(args: Sequence[str], program: str = "sastc_jax") -> list[str]:
+    """Parse the command line ``args`` (without the program name) into FLAGS, every flag
+    reset to its default first; returns the positional arguments, program first.
+
+    For running a command in this process (tests, notebooks); a program parses once,
+    through :func:`run`. Raises flags.Error for a bad command line."""
+    FLAGS.unparse_flags()
+    for name in [name for name in FLAGS if name.startswith(f"{CONFIG.name}.")]:
+        delattr(FLAGS, name)  # the --config.x=y overrides of an earlier parse
+    argv = [program, *args]
+    # config_flags defines the overrides' flags from sys.argv when it parses --config.
+    saved, sys.argv = sys.argv, argv
+    try:
+        return FLAGS(argv)
+    finally:
+        sys.argv = saved
+
+
+def call(main: _Main, args: Sequence[str]) -> Any:
+    """``main(parse(args))``: a command run in this process; returns what ``main`` returns
+    (its exit status), and raises app.UsageError where the program would exit 2."""
+    return main(parse(args))
