@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from sastc_jax import alignment_check
 from sastc_jax.cli import alignment_check as alignment_cli
 from sastc_jax.cli import flags as cli_flags
+from sastc_jax.experiments import alignment_check
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,15 @@ from sastc_jax.cli import flags as cli_flags
 
 COMMAND_MODULES = [importlib.import_module(f"sastc_jax.cli.{name}") for name in cli.COMMANDS]
 # The library modules behind the commands, imported too: none of them defines a flag.
-LIBRARY = ["main", "compare", "analyze", "diagnose", "export", "plots", "alignment_check"]
+LIBRARY = [
+    "main",
+    "compare",
+    "analyze",
+    "diagnose",
+    "export",
+    "plots",
+    "experiments.alignment_check",
+]
 LIBRARY_MODULES = [
     importlib.import_module(f"sastc_jax.{name}")
     for name in [*LIBRARY, "checkpointing", "checkpoints.cli", "data.verify", "distributed"]
@@ -37,7 +45,7 @@ ALIASES = {
     "sastc_jax.checkpointing": (["verify"], ["--workdir"]),
     "sastc_jax.checkpoints": (["verify"], ["--workdir"]),
     "sastc_jax.data": (["verify"], ["--config", "--output", "--threads", "--[no]progress"]),
-    "sastc_jax.alignment_check": (
+    "sastc_jax.experiments.alignment_check": (
         [],
         ["--steps", "--seed", "--method", "--learning-rate", "--[no]learn-attention-scale"],
     ),

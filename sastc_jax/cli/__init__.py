@@ -1,20 +1,16 @@
 """The command lines of sastc_jax: one absl program per command, sharing one set of flags
 (:mod:`sastc_jax.cli.flags`).
 
-==========================================================  ==================================
-command                                                     module
-==========================================================  ==================================
-``python -m sastc_jax.main --config=... --workdir=...``     :mod:`sastc_jax.cli.main`
-``python -m sastc_jax.compare --config=... --workdir=...``  :mod:`sastc_jax.cli.compare`
-``python -m sastc_jax.analyze --workdir=...``               :mod:`sastc_jax.cli.analyze`
-``python -m sastc_jax.diagnose --workdir=...``              :mod:`sastc_jax.cli.diagnose`
-``python -m sastc_jax.export --workdir=...``                :mod:`sastc_jax.cli.export`
-``python -m sastc_jax.plots --workdir=...``                 :mod:`sastc_jax.cli.plots`
-``python -m sastc_jax.checkpoints verify --workdir=...``    :mod:`sastc_jax.cli.checkpoints`
-  (also ``python -m sastc_jax.checkpointing verify``)
-``python -m sastc_jax.data verify --config=...``            :mod:`sastc_jax.cli.data`
-``python -m sastc_jax.alignment_check``                     :mod:`sastc_jax.cli.alignment_check`
-==========================================================  ==================================
+- ``python -m sastc_jax.main --config=... --workdir=...``: :mod:`sastc_jax.cli.main`
+- ``python -m sastc_jax.compare --config=... --workdir=...``: :mod:`sastc_jax.cli.compare`
+- ``python -m sastc_jax.analyze --workdir=...``: :mod:`sastc_jax.cli.analyze`
+- ``python -m sastc_jax.diagnose --workdir=...``: :mod:`sastc_jax.cli.diagnose`
+- ``python -m sastc_jax.export --workdir=...``: :mod:`sastc_jax.cli.export`
+- ``python -m sastc_jax.plots --workdir=...``: :mod:`sastc_jax.cli.plots`
+- ``python -m sastc_jax.checkpoints verify --workdir=...`` (also
+  ``python -m sastc_jax.checkpointing verify``): :mod:`sastc_jax.cli.checkpoints`
+- ``python -m sastc_jax.data verify --config=...``: :mod:`sastc_jax.cli.data`
+- ``python -m sastc_jax.experiments.alignment_check``: :mod:`sastc_jax.cli.alignment_check`
 
 Each ``python -m sastc_jax.X`` runs ``sastc_jax.cli.X.run()``: the library module keeps the
 functions, the cli module the flags and ``main``. ``--help`` lists a command's flags,

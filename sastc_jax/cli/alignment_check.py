@@ -1,5 +1,5 @@
-"""``python -m sastc_jax.alignment_check [--steps=N] [--seed=0,1,2] [--output=DIR] ...``:
-the planted-alignment experiment (:mod:`sastc_jax.alignment_check`). Prints the report;
+"""``python -m sastc_jax.experiments.alignment_check [--steps=N] [--seed=0,1,2] ...``:
+the planted-alignment experiment (:mod:`sastc_jax.experiments.alignment_check`). Prints the report;
 with ``--output``, writes ``alignment.json`` and ``attention.png`` into that directory.
 Flags of its own: ``--steps``, ``--seed``, ``--method``, ``--learning-rate``,
 ``--attention-scale``, ``--learn-attention-scale``, ``--threshold``."""
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from sastc_jax import alignment_check
 from sastc_jax.cli import flags as shared
+from sastc_jax.experiments import alignment_check
 
 METHODS = ("sastc", "spatial")
 
@@ -75,7 +75,7 @@ def problem_from_flags() -> alignment_check.PlantedTaps:
 
 def check() -> dict:
     """Run the experiment the parsed flags describe, print the report, write ``--output``;
-    returns :func:`sastc_jax.alignment_check.run_check`'s summary."""
+    returns :func:`sastc_jax.experiments.alignment_check.run_check`'s summary."""
     problem = problem_from_flags()
     summary = alignment_check.run_check(
         problem,

@@ -1,6 +1,6 @@
 """Does the attention find the right layers? A planted-alignment experiment.
 
-    python -m sastc_jax.alignment_check [--steps=N] [--seed=S,S,...] [--output=DIR]
+    python -m sastc_jax.experiments.alignment_check [--steps=N] [--seed=S,S,...] [--output=DIR]
         [--method=sastc,spatial] [--attention-scale=S] [--learn-attention-scale]
         [--threshold=V[,V,V]]
 
