@@ -30,7 +30,7 @@ LIBRARY = [
 ]
 LIBRARY_MODULES = [
     importlib.import_module(f"sastc_jax.{name}")
-    for name in [*LIBRARY, "checkpointing", "checkpoints.cli", "data.verify", "distributed"]
+    for name in [*LIBRARY, "checkpointing", "checkpoints.verify", "data.verify", "distributed"]
 ]
 SHARED = {"config", "workdir", "checkpoint", "output"}
 

@@ -10,12 +10,11 @@
 - :mod:`~sastc_jax.checkpoints.teacher`: the teacher store;
 - :mod:`~sastc_jax.checkpoints.runs`: :func:`load_run`, a trained run's config, student
   and variables;
-- :mod:`~sastc_jax.checkpoints.cli`: :func:`verify_workdir`, what ``python -m
+- :mod:`~sastc_jax.checkpoints.verify`: :func:`verify_workdir`, what ``python -m
   sastc_jax.checkpoints verify --workdir=DIR`` runs (``sastc_jax.checkpointing`` is the
   same command; its command line is :mod:`sastc_jax.cli.checkpoints`).
 """
 
-from sastc_jax.checkpoints.cli import find_checkpoints, verify_workdir
 from sastc_jax.checkpoints.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -48,6 +47,7 @@ from sastc_jax.checkpoints.teacher import (
     save_teacher,
     teacher_exists,
 )
+from sastc_jax.checkpoints.verify import find_checkpoints, verify_workdir
 
 __all__ = [
     "BEST_METRIC",
