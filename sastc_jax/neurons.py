@@ -19,12 +19,11 @@ chain step by step (recomputing ``s_t`` and ``g(u_t - v_th)`` from ``u_t`` under
 ``jax.checkpoint``). Forward mode runs that scan; reverse mode is JAX's transpose
 of it, a reverse scan whose only saved residual is ``u_t``: one float32 per
 neuron-step. The arithmetic per step is :func:`lif_step`'s and that of its
-autodiff, so spikes are bit-identical to a scan of it, and so were the
-derivatives on CPU in every test (which assert them to 1e-6). Short
-sequences (T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the update
-with its neighbours; longer ones run as a loop, which compiles in well under a
-second at any T (unrolled, T = 50 took seconds to compile and ran up to 10x
-slower on CPU; T = 500 did not finish compiling). Layers live in
+autodiff, so spikes are bit-identical to a scan of it and the derivatives agree
+with its autodiff (the tests assert 1e-6). Short sequences
+(T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the update with its
+neighbours; longer ones run as a loop, whose compile time does not grow with T
+(docs/performance.md has the measurements). Layers live in
 :mod:`sastc_jax.models.layers`.
 """
 
