@@ -3,18 +3,16 @@ run helps or does not (:mod:`sastc_jax.diagnose`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from sastc_jax import diagnose
 from sastc_jax.cli import flags as shared
 
 
-def main(argv: Sequence[str]) -> int:
-    """Diagnose the run of ``--workdir`` (writes diagnosis.json / .md) and print it."""
-    shared.check_positional(argv)
-    shared.require(shared.WORKDIR)
-    print(diagnose.diagnosis_markdown(diagnose.diagnose_run(shared.WORKDIR.value)))
-    return 0
+def report(workdir: str):
+    """Diagnose the run (writes diagnosis.json / .md); returns the report."""
+    return diagnose.diagnosis_markdown(diagnose.diagnose_run(workdir))
+
+
+main = shared.report_command(report)
 
 
 def run() -> None:

@@ -97,6 +97,19 @@ def check_positional(argv: Sequence[str], command: str | None = None) -> None:
         )
 
 
+def report_command(report: Callable[[str], Any]) -> _Main:
+    """The ``main`` of a command that reads one run: ``--workdir`` required, no positional
+    arguments, prints ``report(workdir)``."""
+
+    def main(argv: Sequence[str]) -> int:
+        check_positional(argv)
+        require(WORKDIR)
+        print(report(WORKDIR.value))
+        return 0
+
+    return main
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """``FLAGS(argv)`` for app.run: a parse error exits 2 with the message; --help and
     --helpfull, which print the usage and exit 1 in absl, exit 0."""

@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from sastc_jax import plots
 from sastc_jax.cli import flags as shared
 
 
-def main(argv: Sequence[str]) -> int:
-    """Draw the curves of ``--workdir`` into ``--output`` and print the file's path."""
-    shared.check_positional(argv)
-    shared.require(shared.WORKDIR)
-    print(plots.plot_run(shared.WORKDIR.value, shared.OUTPUT.value))
-    return 0
+def report(workdir: str):
+    """Draw the curves of the run into ``--output``; returns the file's path."""
+    return plots.plot_run(workdir, shared.OUTPUT.value)
+
+
+main = shared.report_command(report)
 
 
 def run() -> None:
