@@ -79,6 +79,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from sastc_jax.data.specs import dataset_spec
 from sastc_jax.models import architecture
 from sastc_jax.models.layers import BATCH_NORM_EPSILON
 from sastc_jax.models.registry import get_model_class, list_models
@@ -87,14 +88,6 @@ from sastc_jax.neurons import LIFConfig
 DEFAULT_DT = 1e-4
 CHECKPOINTS = ("best", "final")  # --checkpoint: the selected or the last saved step
 NIR_INSTALL_HINT = "install the `nir` extra: pip install 'sastc-jax[nir]'"
-
-# Images each dataset's pipeline delivers, (H, W, C); DVS frames are (S, S, 2).
-_STATIC_INPUT_SHAPES = {
-    "fashion_mnist": (28, 28, 1),
-    "cifar10": (32, 32, 3),
-    "cifar100": (32, 32, 3),
-    "imagenet2012": (224, 224, 3),
-}
 
 
 class NotExportableError(ValueError):
@@ -645,14 +638,9 @@ def read(path: str | os.PathLike):
 
 
 def input_shape_for(config) -> tuple[int, int, int]:
-    """One example's (H, W, C) as the config's dataset pipeline delivers it."""
-    name = config.dataset.name
-    if name in _STATIC_INPUT_SHAPES:
-        return _STATIC_INPUT_SHAPES[name]
-    from sastc_jax.data.dvs import SPECS
-
-    size = config.dataset.image_size or SPECS[name].default_size
-    return (size, size, 2)
+    """One example's (H, W, C) as the config's dataset pipeline delivers it (one frame of
+    an event dataset), from the dataset's spec (:mod:`sastc_jax.data.specs`)."""
+    return dataset_spec(config.dataset.name).input_shape(config.dataset.image_size)
 
 
 def load_student(workdir: str | os.PathLike, checkpoint: str = "best"):
@@ -687,8 +675,6 @@ def export_workdir(
 
     ``output`` defaults to ``WORKDIR/student.nir``. Nothing is written on error.
     """
-    from sastc_jax.data import static
-
     model, variables, config, record = load_student(workdir, checkpoint)
     input_shape = input_shape_for(config)
     dataset = config.dataset.name
@@ -698,17 +684,12 @@ def export_workdir(
         "checkpoint": f"{checkpoint} (step {record.get('step')})",
         "distillation_method": str(record.get("method", "")),
     }
-    normalisation = {
-        "fashion_mnist": (static.FASHION_MNIST_MEAN, static.FASHION_MNIST_STD),
-        "cifar10": (static.CIFAR10_MEAN, static.CIFAR10_STD),
-        "cifar100": (static.CIFAR100_MEAN, static.CIFAR100_STD),
-        "imagenet2012": (static.IMAGENET_MEAN, static.IMAGENET_STD),
-    }.get(dataset)
-    if normalisation is not None:
+    spec = dataset_spec(dataset)
+    if not spec.event_frames:
         metadata["input_normalisation"] = "per channel (pixel / 255 - mean) / std"
-        metadata["input_mean"] = np.array(normalisation[0], np.float64)
-        metadata["input_std"] = np.array(normalisation[1], np.float64)
-    encoding = "direct" if dataset in _STATIC_INPUT_SHAPES else "event_frames"
+        metadata["input_mean"] = np.array(spec.mean, np.float64)
+        metadata["input_std"] = np.array(spec.std, np.float64)
+    encoding = "event_frames" if spec.event_frames else "direct"
     graph = to_nir(model, variables, input_shape, dt=dt, encoding=encoding, extra_metadata=metadata)
     return write(graph, Path(workdir) / "student.nir" if output is None else output)
 
