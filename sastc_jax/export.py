@@ -78,22 +78,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from sastc_jax.data.specs import dataset_spec
+from sastc_jax.models import architecture
 from sastc_jax.models.layers import BATCH_NORM_EPSILON
 from sastc_jax.models.registry import get_model_class, list_models
-from sastc_jax.models.snn import SpikingConvNet, SpikingResNet, SpikingVGG11
 from sastc_jax.neurons import LIFConfig
 
 DEFAULT_DT = 1e-4
 CHECKPOINTS = ("best", "final")  # --checkpoint: the selected or the last saved step
 NIR_INSTALL_HINT = "install the `nir` extra: pip install 'sastc-jax[nir]'"
-
-# Images each dataset's pipeline delivers, (H, W, C); DVS frames are (S, S, 2).
-_STATIC_INPUT_SHAPES = {
-    "fashion_mnist": (28, 28, 1),
-    "cifar10": (32, 32, 3),
-    "cifar100": (32, 32, 3),
-    "imagenet2012": (224, 224, 3),
-}
 
 
 class NotExportableError(ValueError):
@@ -148,9 +141,10 @@ class _Planner:
         self.shapes[layer.name] = layer.out_shape
         return layer.name
 
-    def conv(self, path: tuple[str, ...], src: str, features: int, kernel: int, stride: int):
+    def conv(
+        self, path: tuple[str, ...], src: str, features: int, kernel: int, stride: int, pad: int
+    ):
         channels, height, width = self.shapes[src]
-        pad = kernel // 2
         out = (
             features,
             (height + 2 * pad - kernel) // stride + 1,
@@ -204,70 +198,101 @@ class _Planner:
         )
 
 
-def _plain_stages(planner: _Planner, stages: Sequence[Sequence[int]]) -> str:
-    x = "input"
-    for stage, widths in enumerate(stages):
-        for layer, width in enumerate(widths):
-            name = f"stage{stage + 1}_conv{layer + 1}"
-            x = planner.conv((name,), x, width, 3, 1)
-            x = planner.lif(f"{name}_lif", x)
-        x = planner.avg_pool(f"stage{stage + 1}_pool", x, 2)
+# Why a layer kind of a student's description has no NIR node.
+_NOT_EXPRESSIBLE = {
+    "max_pool": "NIR 1.0 pools by sum or average only; a SpikingResNet with stem='cifar' "
+    "has no max-pool",
+    "relu": "the graph holds spiking students only",
+    "bn": "only a batch norm right after its conv is folded (conv_bn)",
+    "conv": "only a conv with its batch norm (conv_bn) is exported",
+    "pad_channels": "NIR has no channel padding",
+}
+
+
+def _not_expressible(model: nn.Module, name: str, layer: architecture.Layer) -> NotExportableError:
+    shape = f" {layer.kernel}x{layer.kernel}/{layer.stride}" if layer.kernel else ""
+    why = _NOT_EXPRESSIBLE.get(layer.kind, "it has no NIR node")
+    return NotExportableError(
+        f"{type(model).__name__}: {name} ({layer.kind.replace('_', '-')}{shape}) has no "
+        f"NIR node: {why}."
+    )
+
+
+def _plan_layer(
+    planner: _Planner,
+    model: nn.Module,
+    layer: architecture.Layer,
+    sources: tuple[str, ...],
+    prefix: tuple[str, ...] = (),
+) -> str:
+    """Add one described layer fed by ``sources`` (more than one: their sum, a LIF only)."""
+    path = (*prefix, layer.name)
+    name = ".".join(path)
+    if len(sources) > 1 and layer.kind != "lif":
+        raise _not_expressible(model, name, layer)
+    if layer.kind == "conv_bn":
+        return planner.conv(
+            path, sources[0], layer.features, layer.kernel, layer.stride, layer.padding
+        )
+    if layer.kind == "lif":
+        return planner.lif(name, *sources)
+    pooled_apart = layer.stride == layer.kernel and not (layer.padding or layer.ceil)
+    if layer.kind == "avg_pool" and pooled_apart:  # non-overlapping windows, floor
+        return planner.avg_pool(name, sources[0], layer.kernel)
+    if layer.kind == "global_avg_pool":  # no NIR node: a whole-map pool, then a flatten
+        return planner.flatten("flatten", planner.avg_pool(name, sources[0]))
+    if layer.kind == "flatten":
+        return planner.flatten(name, sources[0])
+    if layer.kind == "dense":
+        return planner.dense(path, sources[0], layer.features)
+    raise _not_expressible(model, name, layer)
+
+
+def _plan_block(planner: _Planner, model: nn.Module, block: architecture.Block, x: str) -> str:
+    """A residual block: the body and the shortcut from ``x``, their sum into the first
+    ``after`` layer (NIR sums the edges arriving at a node)."""
+    prefix = (block.name,)
+    outputs = {"": x}
+    y = x
+    for layer in block.body:
+        y = outputs[layer.name] = _plan_layer(planner, model, layer, (y,), prefix)
+    shortcut = outputs[block.shortcut_from]
+    for layer in block.shortcut:
+        shortcut = _plan_layer(planner, model, layer, (shortcut,), prefix)
+    if not block.after:
+        raise NotExportableError(
+            f"{type(model).__name__}: {block.name} ends in a sum with no neuron after it; "
+            "NIR sums inputs only at a node."
+        )
+    x = _plan_layer(planner, model, block.after[0], (y, shortcut), prefix)
+    for layer in block.after[1:]:
+        x = _plan_layer(planner, model, layer, (x,), prefix)
     return x
 
 
-def _resnet(planner: _Planner, model: SpikingResNet) -> str:
-    if model.stem != "cifar":
-        raise NotExportableError(
-            f"{type(model).__name__} (stem={model.stem!r}): the stem's 3x3/2 max-pool has no "
-            "NIR node (NIR 1.0 pools by sum or average only); export a model with "
-            "stem='cifar'."
-        )
-    x = planner.lif("stem_lif", planner.conv(("stem",), "input", model.stem_width, 3, 1))
-    for stage, (num_blocks, width, stride) in enumerate(
-        zip(model.stage_sizes, model.widths, model.strides, strict=True)
-    ):
-        for block in range(num_blocks):
-            name = f"stage{stage + 1}_block{block + 1}"
-            block_stride = stride if block == 0 else 1
-            y = planner.conv((name, "conv_bn1"), x, width, 3, block_stride)
-            y = planner.lif(f"{name}.lif1", y)
-            y = planner.conv((name, "conv_bn2"), y, width, 3, 1)
-            shortcut = x
-            if block_stride != 1 or planner.shapes[x][0] != width:
-                shortcut = planner.conv((name, "shortcut"), x, width, 1, block_stride)
-            x = planner.lif(f"{name}.lif_out", y, shortcut)
-    x = planner.flatten("flatten", planner.avg_pool("global_pool", x))
-    if model.hidden_features is not None:
-        x = planner.dense(("fc_hidden",), x, model.hidden_features)
-        x = planner.lif("fc_hidden_lif", x)
-    return planner.dense(("fc",), x, model.num_classes)
-
-
 def plan(model: nn.Module, input_shape: Sequence[int]) -> list[Layer]:
-    """The graph's layers for ``model`` on per-example inputs ``input_shape = (H, W, C)``.
+    """The graph's layers for ``model`` on per-example inputs ``input_shape = (H, W, C)``,
+    read from its description (:func:`sastc_jax.models.architecture.describe`).
 
-    Raises :class:`NotExportableError` for a model class without an exporter or a part
-    NIR cannot express.
+    Raises :class:`NotExportableError` for a model that is not a described student or has
+    a part NIR cannot express.
     """
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be one example's (H, W, C); got {tuple(input_shape)}.")
-    height, width, channels = (int(n) for n in input_shape)
-    planner = _Planner((channels, height, width))
-    if isinstance(model, SpikingConvNet):
-        x = _plain_stages(planner, tuple((width,) for width in model.widths))
-        planner.dense(("fc",), planner.flatten("flatten", x), model.num_classes)
-    elif isinstance(model, SpikingVGG11):
-        x = _plain_stages(planner, model.stages)
-        x = planner.flatten("flatten", planner.avg_pool("global_pool", x))
-        planner.dense(("fc",), x, model.num_classes)
-    elif isinstance(model, SpikingResNet):
-        _resnet(planner, model)
-    else:
+    if not getattr(model, "spiking", False) or not architecture.is_described(model):
         raise NotExportableError(
             f"no NIR exporter for {type(model).__name__}; exportable students: "
             "SpikingConvNet (convnet_snn), SpikingVGG11 (vgg11_snn), SpikingResNet with "
             "stem='cifar' (resnet19_snn)."
         )
+    height, width, channels = (int(n) for n in input_shape)
+    planner = _Planner((channels, height, width))
+    x = "input"
+    for item in architecture.describe(model):
+        if isinstance(item, architecture.Block):
+            x = _plan_block(planner, model, item, x)
+        else:
+            x = _plan_layer(planner, model, item, (x,))
     return planner.layers
 
 
@@ -612,14 +637,9 @@ def read(path: str | os.PathLike):
 
 
 def input_shape_for(config) -> tuple[int, int, int]:
-    """One example's (H, W, C) as the config's dataset pipeline delivers it."""
-    name = config.dataset.name
-    if name in _STATIC_INPUT_SHAPES:
-        return _STATIC_INPUT_SHAPES[name]
-    from sastc_jax.data.dvs import SPECS
-
-    size = config.dataset.image_size or SPECS[name].default_size
-    return (size, size, 2)
+    """One example's (H, W, C) as the config's dataset pipeline delivers it (one frame of
+    an event dataset), from the dataset's spec (:mod:`sastc_jax.data.specs`)."""
+    return dataset_spec(config.dataset.name).input_shape(config.dataset.image_size)
 
 
 def load_student(workdir: str | os.PathLike, checkpoint: str = "best"):
@@ -654,8 +674,6 @@ def export_workdir(
 
     ``output`` defaults to ``WORKDIR/student.nir``. Nothing is written on error.
     """
-    from sastc_jax.data import static
-
     model, variables, config, record = load_student(workdir, checkpoint)
     input_shape = input_shape_for(config)
     dataset = config.dataset.name
@@ -665,17 +683,12 @@ def export_workdir(
         "checkpoint": f"{checkpoint} (step {record.get('step')})",
         "distillation_method": str(record.get("method", "")),
     }
-    normalisation = {
-        "fashion_mnist": (static.FASHION_MNIST_MEAN, static.FASHION_MNIST_STD),
-        "cifar10": (static.CIFAR10_MEAN, static.CIFAR10_STD),
-        "cifar100": (static.CIFAR100_MEAN, static.CIFAR100_STD),
-        "imagenet2012": (static.IMAGENET_MEAN, static.IMAGENET_STD),
-    }.get(dataset)
-    if normalisation is not None:
+    spec = dataset_spec(dataset)
+    if not spec.event_frames:
         metadata["input_normalisation"] = "per channel (pixel / 255 - mean) / std"
-        metadata["input_mean"] = np.array(normalisation[0], np.float64)
-        metadata["input_std"] = np.array(normalisation[1], np.float64)
-    encoding = "direct" if dataset in _STATIC_INPUT_SHAPES else "event_frames"
+        metadata["input_mean"] = np.array(spec.mean, np.float64)
+        metadata["input_std"] = np.array(spec.std, np.float64)
+    encoding = "event_frames" if spec.event_frames else "direct"
     graph = to_nir(model, variables, input_shape, dt=dt, encoding=encoding, extra_metadata=metadata)
     return write(graph, Path(workdir) / "student.nir" if output is None else output)
 

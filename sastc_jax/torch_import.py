@@ -25,8 +25,8 @@ holds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from sastc_jax.checkpoints import CheckpointError, TeacherMismatchError
+from sastc_jax.models import architecture
 
 SUFFIXES = (".pth", ".pt", ".pth.tar", ".safetensors")
 WRAPPER_KEYS = ("state_dict", "model", "net")
@@ -43,50 +44,71 @@ DATA_PARALLEL_PREFIX = "module."
 IGNORED_SUFFIX = ".num_batches_tracked"
 _MAX_LISTED = 8
 
-_BLOCK = r"stage(?P<stage>\d+)_block(?P<block>\d+)"
 
-# Per architecture: (our module path regex, PyTorch module name template). Templates
-# see the regex groups plus ``index`` = block - 1 (PyTorch's nn.Sequential position).
-_TORCHVISION_RESNET = (
-    (r"stem/conv", "conv1"),
-    (r"stem/bn", "bn1"),
-    (_BLOCK + r"/conv_bn(?P<n>[12])/conv", "layer{stage}.{index}.conv{n}"),
-    (_BLOCK + r"/conv_bn(?P<n>[12])/bn", "layer{stage}.{index}.bn{n}"),
-    (_BLOCK + r"/shortcut/conv", "layer{stage}.{index}.downsample.0"),
-    (_BLOCK + r"/shortcut/bn", "layer{stage}.{index}.downsample.1"),
-    (r"fc", "fc"),
-)
-_RELEASE_RESNET19 = (
-    (r"stem/conv", "layer0.0"),
-    (r"stem/bn", "layer0.1"),
-    (_BLOCK + r"/conv_bn1/(?P<layer>conv|bn)", "layer{stage}.{index}.part1.{layer}"),
-    (_BLOCK + r"/conv_bn2/(?P<layer>conv|bn)", "layer{stage}.{index}.part2.{layer}"),
-    (_BLOCK + r"/shortcut/conv", "layer{stage}.{index}.part2.downsample.0"),
-    (_BLOCK + r"/shortcut/bn", "layer{stage}.{index}.part2.downsample.1"),
-    (r"fc", "layer4.2"),
-)
-_RELEASE_WRN = (
-    (r"stem", "conv1"),
-    (_BLOCK + r"/(?P<layer>bn1|bn2|conv1|conv2)", "block{stage}.layer.{index}.{layer}"),
-    (_BLOCK + r"/shortcut", "block{stage}.layer.{index}.convShortcut"),
-    (r"bn_final", "bn1"),
-    (r"fc", "fc"),
-)
-_RELEASE_PYRAMIDNET = (
-    (r"stem", "conv1"),
-    (r"stem_bn", "bn1"),
-    (_BLOCK + r"/(?P<layer>bn1|bn2|bn3|conv1|conv2)", "layer{stage}.{index}.{layer}"),
-    (r"bn_final", "bn_final"),
-    (r"fc", "fc"),
-)
-LAYOUTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "resnet18_ann": ("torchvision resnet18", _TORCHVISION_RESNET),
-    "resnet34_ann": ("torchvision resnet34", _TORCHVISION_RESNET),
-    "resnet19_ann": ("SASTC release resnet19", _RELEASE_RESNET19),
-    "wrn28_4_ann": ("SASTC release wrn_28_4", _RELEASE_WRN),
-    "pyramidnet20_ann": ("SASTC release PyramidNet-20 (alpha 200)", _RELEASE_PYRAMIDNET),
+@dataclasses.dataclass(frozen=True)
+class TorchLayout:
+    """The PyTorch-side module names of one source of teachers.
+
+    Our module paths come from the model's description
+    (:func:`sastc_jax.models.architecture.parameter_modules`); this holds only theirs:
+    ``top`` maps our top-level module paths (``'stem/conv'``), ``in_block`` our paths
+    inside a residual block (``'conv_bn1/bn'``) to their names; ``block`` is the name
+    template of block ``stage{stage}_block{n}``, with ``index`` = n - 1 (PyTorch's
+    ``nn.Sequential`` position).
+    """
+
+    model: str
+    top: Mapping[str, str]
+    block: str
+    in_block: Mapping[str, str]
+
+
+_TORCHVISION_RESNET = {
+    "top": {"stem/conv": "conv1", "stem/bn": "bn1", "fc": "fc"},
+    "block": "layer{stage}.{index}",
+    "in_block": {
+        "conv_bn1/conv": "conv1",
+        "conv_bn1/bn": "bn1",
+        "conv_bn2/conv": "conv2",
+        "conv_bn2/bn": "bn2",
+        "shortcut/conv": "downsample.0",
+        "shortcut/bn": "downsample.1",
+    },
 }
-CLASSIFIER = "fc"  # our dense layer's module path in every supported model
+_RELEASE_RESNET19 = {
+    "top": {"stem/conv": "layer0.0", "stem/bn": "layer0.1", "fc": "layer4.2"},
+    "block": "layer{stage}.{index}",
+    "in_block": {
+        "conv_bn1/conv": "part1.conv",
+        "conv_bn1/bn": "part1.bn",
+        "conv_bn2/conv": "part2.conv",
+        "conv_bn2/bn": "part2.bn",
+        "shortcut/conv": "part2.downsample.0",
+        "shortcut/bn": "part2.downsample.1",
+    },
+}
+_RELEASE_WRN = {
+    "top": {"stem": "conv1", "bn_final": "bn1", "fc": "fc"},
+    "block": "block{stage}.layer.{index}",
+    "in_block": {
+        **{name: name for name in ("bn1", "bn2", "conv1", "conv2")},
+        "shortcut": "convShortcut",
+    },
+}
+_RELEASE_PYRAMIDNET = {
+    "top": {"stem": "conv1", "stem_bn": "bn1", "bn_final": "bn_final", "fc": "fc"},
+    "block": "layer{stage}.{index}",
+    "in_block": {name: name for name in ("bn1", "bn2", "bn3", "conv1", "conv2")},
+}
+LAYOUTS: dict[str, TorchLayout] = {
+    "resnet18_ann": TorchLayout("torchvision resnet18", **_TORCHVISION_RESNET),
+    "resnet34_ann": TorchLayout("torchvision resnet34", **_TORCHVISION_RESNET),
+    "resnet19_ann": TorchLayout("SASTC release resnet19", **_RELEASE_RESNET19),
+    "wrn28_4_ann": TorchLayout("SASTC release wrn_28_4", **_RELEASE_WRN),
+    "pyramidnet20_ann": TorchLayout(
+        "SASTC release PyramidNet-20 (alpha 200)", **_RELEASE_PYRAMIDNET
+    ),
+}
 
 # Our variable (collection, leaf name) -> the PyTorch tensor name within the module.
 _TENSOR_NAMES = {
@@ -191,10 +213,10 @@ def _unwrap(loaded: Any, path: Path) -> Mapping[str, Any]:
 # ------------------------------------------------------------------------- mapping
 
 
-def layout(model_name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """``(PyTorch model, name rules)`` of ``model_name``; ValueError when there is none."""
+def layout(model_name: str) -> TorchLayout:
+    """The PyTorch layout of ``model_name``; ValueError when there is none."""
     if model_name not in LAYOUTS:
-        supported = ", ".join(f"{ours} ({theirs})" for ours, (theirs, _) in LAYOUTS.items())
+        supported = ", ".join(f"{ours} ({theirs.model})" for ours, theirs in LAYOUTS.items())
         raise ValueError(
             f"config.teacher.model = {model_name!r} cannot be imported from PyTorch; "
             f"supported: {supported}."
@@ -202,26 +224,38 @@ def layout(model_name: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return LAYOUTS[model_name]
 
 
-def torch_names(model_name: str, variable_paths: list[tuple[str, ...]]) -> dict[tuple, str]:
-    """PyTorch tensor name of each of our variable paths ``(collection, *modules, leaf)``.
+def torch_module_names(model_name: str, model: flax.linen.Module) -> dict[tuple[str, ...], str]:
+    """PyTorch module name of each of our modules with variables, by Flax module path, for
+    the modules ``model``'s description lists. Raises ValueError when ``model_name`` has no
+    PyTorch layout."""
+    theirs = layout(model_name)
+    names = {}
+    for block, path in architecture.parameter_modules(architecture.describe(model)):
+        ours = "/".join(path)
+        table = theirs.top if block is None else theirs.in_block
+        if ours not in table:  # a module the layout does not know: a bug in LAYOUTS
+            where = "at the top level" if block is None else "in a block"
+            raise AssertionError(f"{theirs.model} has no name for {ours} {where}")
+        if block is None:
+            names[path] = table[ours]
+        else:
+            module = theirs.block.format(stage=block.stage, index=block.index - 1)
+            names[(block.name, *path)] = f"{module}.{table[ours]}"
+    return names
 
-    Raises ValueError when ``model_name`` has no PyTorch layout.
-    """
-    rules = layout(model_name)[1]
+
+def torch_names(
+    model_name: str, model: flax.linen.Module, variable_paths: list[tuple[str, ...]]
+) -> dict[tuple, str]:
+    """PyTorch tensor name of each of ``model``'s variable paths ``(collection, *modules,
+    leaf)``. Raises ValueError when ``model_name`` has no PyTorch layout."""
+    modules = torch_module_names(model_name, model)
     names = {}
     for path in variable_paths:
-        collection, *modules, leaf = path
-        module = "/".join(modules)
-        for pattern, template in rules:
-            match = re.fullmatch(pattern, module)
-            if match:
-                groups = match.groupdict()
-                if "block" in groups:
-                    groups["index"] = int(groups["block"]) - 1
-                names[path] = f"{template.format(**groups)}.{_TENSOR_NAMES[collection, leaf]}"
-                break
-        else:  # a model variable this layout does not know: a bug in LAYOUTS
-            raise AssertionError(f"no PyTorch name for {'/'.join(path)} of {model_name}")
+        collection, *module, leaf = path
+        if tuple(module) not in modules:  # the description misses a module: a bug there
+            raise AssertionError(f"{'/'.join(path)} of {model_name} is not in its description")
+        names[path] = f"{modules[tuple(module)]}.{_TENSOR_NAMES[collection, leaf]}"
     return names
 
 
@@ -279,9 +313,10 @@ def convert(
     flat = flax.traverse_util.flatten_dict(
         {name: abstract[name] for name in ("params", "batch_stats") if name in abstract}
     )
-    names = torch_names(model_name, list(flat))
+    names = torch_names(model_name, model, list(flat))
+    classifier_module = architecture.classifier(architecture.describe(model))
     classifier = sorted(  # the weight first: its shape is quoted in messages
-        (name for path, name in names.items() if path[1] == CLASSIFIER),
+        (name for path, name in names.items() if path[1:-1] == (classifier_module,)),
         key=lambda name: not name.endswith(".weight"),
     )
     used = {name for name in tensors if not name.endswith(IGNORED_SUFFIX)}
@@ -302,7 +337,7 @@ def convert(
     mis_listed = ", ".join(mis_shaped[:_MAX_LISTED])
     if len(mis_shaped) > _MAX_LISTED:
         mis_listed += f" and {len(mis_shaped) - _MAX_LISTED} more"
-    theirs = layout(model_name)[0]
+    theirs = layout(model_name).model
     if missing or unexpected or mis_shaped:
         problems = [
             f"{label} {listed}"

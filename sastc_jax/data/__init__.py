@@ -6,7 +6,8 @@
 
 Datasets: 'cifar10', 'cifar100', 'imagenet2012' (TFDS, ArrayRecord, never downloaded),
 'fashion_mnist' (Debian IDX files by default, or TFDS), 'dvs_gesture' and 'cifar10_dvs'
-(tonic, `dvs` extra; T event frames per example, cached on disk). CIFAR can also be read
+(tonic, `dvs` extra; T event frames per example, cached on disk); their classes, shapes,
+normalisation and sources are in DATASETS (sastc_jax.data.specs). CIFAR can also be read
 from torchvision's python archives ('cifar_python') and ImageNet from a folder of images
 in torchvision's ImageFolder layout ('folder'); source='auto' picks them when data_dir
 holds them (see SOURCES and resolve_source).
@@ -23,28 +24,17 @@ from sastc_jax.data.errors import (
     UnreadableExampleError,
 )
 from sastc_jax.data.pipeline import BatchLoader, Dataset
+from sastc_jax.data.specs import DATASETS, DatasetSpec, dataset_spec
 
-NUM_CLASSES = {
-    "cifar10": 10,
-    "cifar100": 100,
-    "imagenet2012": 1000,
-    "fashion_mnist": 10,
-    "dvs_gesture": 11,
-    "cifar10_dvs": 10,
-}
-DATASET_NAMES = tuple(NUM_CLASSES)
+# Derived from the one spec per dataset (sastc_jax.data.specs).
+NUM_CLASSES = {name: spec.num_classes for name, spec in DATASETS.items()}
+DATASET_NAMES = tuple(DATASETS)
 SPLITS = ("train", "validation", "test")
 # The readers of each dataset ('auto' picks one, see resolve_source).
-SOURCES = {
-    "cifar10": ("auto", "tfds", "cifar_python"),
-    "cifar100": ("auto", "tfds", "cifar_python"),
-    "imagenet2012": ("auto", "tfds", "folder"),
-    "fashion_mnist": ("auto", "local", "tfds"),
-    "dvs_gesture": ("auto",),
-    "cifar10_dvs": ("auto",),
-}
+SOURCES = {name: spec.sources for name, spec in DATASETS.items()}
 
 __all__ = [
+    "DATASETS",
     "DATASET_NAMES",
     "NUM_CLASSES",
     "SOURCES",
@@ -53,7 +43,9 @@ __all__ = [
     "BatchLoader",
     "Dataset",
     "DatasetNotFoundError",
+    "DatasetSpec",
     "UnreadableExampleError",
+    "dataset_spec",
     "get_dataset",
     "resolve_source",
 ]
@@ -72,7 +64,7 @@ def resolve_source(name: str, data_dir: str | None, source: str = "auto") -> str
             f"source {source!r} is not a reader of {name}; choose one of "
             f"{', '.join(map(repr, SOURCES[name]))}."
         )
-    if source != "auto" or name in ("dvs_gesture", "cifar10_dvs"):
+    if source != "auto" or DATASETS[name].event_frames:
         return source
     if name == "fashion_mnist":
         return "local"
@@ -156,8 +148,7 @@ def get_dataset(
       that is not on disk, ImportError for a missing optional package; each message names
       the problem and the fix.
     """
-    if name not in NUM_CLASSES:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    spec = dataset_spec(name)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for {name}; choose one of {', '.join(SPLITS)}.")
     if split == "validation" and not validation_fraction:
@@ -189,7 +180,7 @@ def get_dataset(
 
     source_split = "train" if split == "validation" else split
     source = resolve_source(name, data_dir, source)
-    num_classes = NUM_CLASSES[name]
+    num_classes = spec.num_classes
     if name in ("cifar10", "cifar100"):
         from sastc_jax.data.static import cifar_loader
 

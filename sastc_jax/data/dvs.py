@@ -43,6 +43,7 @@ import numpy as np
 from sastc_jax.data import augment as aug
 from sastc_jax.data.augment import ExampleRandom
 from sastc_jax.data.errors import DatasetNotFoundError
+from sastc_jax.data.specs import DATASETS
 
 SENSOR_SIZE = (128, 128, 2)  # tonic's (W, H, P) for both datasets.
 CACHE_VERSION = 1
@@ -52,17 +53,15 @@ _STREAM_SHIFT_Y, _STREAM_SHIFT_X, _STREAM_FLIP = 0, 1, 2
 
 @dataclasses.dataclass(frozen=True)
 class DvsSpec:
-    """Static facts about one DVS dataset."""
+    """How tonic reads one DVS dataset (its classes and frame size: data.specs.DATASETS)."""
 
     tonic_name: str  # tonic class name, also the folder under data_dir
-    num_classes: int
-    default_size: int
     flip: bool  # horizontal flip is label-preserving
 
 
 SPECS = {
-    "dvs_gesture": DvsSpec("DVSGesture", 11, 128, flip=False),
-    "cifar10_dvs": DvsSpec("CIFAR10DVS", 10, 48, flip=True),
+    "dvs_gesture": DvsSpec("DVSGesture", flip=False),
+    "cifar10_dvs": DvsSpec("CIFAR10DVS", flip=True),
 }
 
 
@@ -330,7 +329,7 @@ def dvs_loader(
             f"{name} needs data_dir: tonic's save_to directory, the one containing "
             f"{spec.tonic_name}/ (see sastc_jax.data.dvs for the layout)."
         )
-    size = image_size or spec.default_size
+    size = image_size or DATASETS[name].image_shape[0]
     if not 1 <= size <= SENSOR_SIZE[0]:
         raise ValueError(f"{name} image_size must be in [1, {SENSOR_SIZE[0]}], got {size}.")
     frames, labels = framed_split(

@@ -24,18 +24,18 @@ import numpy as np
 from sastc_jax.data import augment as aug
 from sastc_jax.data.augment import ExampleRandom
 from sastc_jax.data.errors import DatasetNotFoundError
+from sastc_jax.data.specs import DATASETS
 
-# Per-channel statistics of the training splits, on the [0, 1] scale.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
+# Per-channel statistics of the training splits, on the [0, 1] scale (from the specs).
+CIFAR10_MEAN, CIFAR10_STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
+CIFAR100_MEAN, CIFAR100_STD = DATASETS["cifar100"].mean, DATASETS["cifar100"].std
+IMAGENET_MEAN, IMAGENET_STD = DATASETS["imagenet2012"].mean, DATASETS["imagenet2012"].std
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (
+    DATASETS["fashion_mnist"].mean,
+    DATASETS["fashion_mnist"].std,
+)
 
-IMAGENET_SIZE = 224
+IMAGENET_SIZE = DATASETS["imagenet2012"].image_shape[0]
 IMAGENET_RESIZE = 256
 _RRC_ATTEMPTS = 10
 
@@ -205,8 +205,8 @@ def cifar_loader(
         images, labels = cifar_python.load_split(name, split, data_dir)
     else:
         images, labels = tfds_arrays(tfds_source(name, split, data_dir))
-    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    return ArrayImageLoader(images, labels, mean, std, pad=4)
+    spec = DATASETS[name]
+    return ArrayImageLoader(images, labels, spec.mean, spec.std, pad=4)
 
 
 def fashion_mnist_loader(split: str, data_dir: str | None, source: str) -> ArrayImageLoader:

@@ -12,6 +12,10 @@ Usage::
 Every model takes an ``ops`` attribute (:func:`sastc_jax.ops.select`; by default
 ``select('auto')``, resolved when the model is built) and every student ``remat``.
 
+Each family's layers (module paths and kinds, in order) are described once, from the
+model's fields, in :mod:`sastc_jax.models.architecture` (``architecture.describe(model)``);
+the NIR export and the PyTorch import read that description.
+
 Pass ``variables`` without an ``'intermediates'`` entry: ``sow`` appends to
 whatever is already there, so feeding the mutated taps back in would repeat them.
 
