@@ -2,7 +2,7 @@
 
     python benchmarks/nir_agreement.py --workdir=DIR [--checkpoint best|final] [--limit N]
 
-Exports the run's student (``sastc_jax.export``), loads the file with snnTorch's NIR
+Exports the run's student (``sastc_jax.interop.nir``), loads the file with snnTorch's NIR
 importer (``snntorch.import_nir.import_from_nir``, the `nir-snntorch` extra) and runs
 both on the Fashion-MNIST test split. Prints the share of images with the same
 prediction, the largest per-step logit difference, each side's accuracy, and for the
@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     args = parser.parse_args()
 
-    from sastc_jax import data, export
+    from sastc_jax import data
+    from sastc_jax.interop import nir as export
 
     model, variables, config, _ = export.load_student(args.workdir, args.checkpoint)
     dataset = data.get_dataset(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from sastc_jax import data, losses, models, neurons, ops, torch_import
+from sastc_jax import data, losses, models, neurons, ops
+from sastc_jax.interop import pytorch
 from sastc_jax.models.layers import INIT_SCHEMES
 
 STAGES = ("teacher", "distill", "all", "evaluate")
@@ -101,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
             model="resnet19_ann",
             # '' = train it first (stage 'teacher') into WORKDIR/teacher/final. Else an
             # orbax teacher directory, or a PyTorch (.pth, .pt, .pth.tar) / .safetensors
-            # file to import (see sastc_jax/torch_import.py).
+            # file to import (see sastc_jax/interop/pytorch.py).
             checkpoint="",
             # Each teacher initialises as its PyTorch source (models/ann.py); a config
             # file may set model_kwargs.init_scheme to another scheme of models.layers.
@@ -183,7 +184,7 @@ def _validate_choices(config: ml_collections.ConfigDict) -> None:
     """The enumerated fields, the dataset and the teacher file against the stage."""
     _choice("stage", config.stage, STAGES)
     _choice("evaluate", config.evaluate, EVALUATED)
-    if config.stage == "teacher" and torch_import.is_torch_checkpoint(config.teacher.checkpoint):
+    if config.stage == "teacher" and pytorch.is_torch_checkpoint(config.teacher.checkpoint):
         raise ValueError(
             f"config.teacher.checkpoint = {config.teacher.checkpoint!r} is a PyTorch file to "
             "import; the `teacher` stage trains and saves an orbax teacher directory. Use "

@@ -23,9 +23,9 @@ from sastc_jax import (
     metrics,
     parallel,
     runlock,
-    torch_import,
     train,
 )
+from sastc_jax.interop import pytorch
 
 
 def lock_workdir(workdir: Path) -> runlock.RunLock:
@@ -86,7 +86,7 @@ def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> li
     needs_teacher = config.method != "ce"
     teacher_dir = train.teacher_checkpoint_dir(config, workdir)
     if config.stage == "teacher" or (config.stage == "all" and needs_teacher):
-        if config.stage == "all" and torch_import.is_torch_checkpoint(teacher_dir):
+        if config.stage == "all" and pytorch.is_torch_checkpoint(teacher_dir):
             logger.info(f"[teacher] importing {teacher_dir}; skipping the stage")
         elif config.stage == "all" and checkpoints.teacher_exists(teacher_dir):
             logger.info(f"[teacher] checkpoint found in {teacher_dir}; skipping the stage")

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import pytest
 from flax import traverse_util
 
-from sastc_jax import models, torch_import
+from sastc_jax import models
+from sastc_jax.interop import pytorch as torch_import
 from sastc_jax.models import architecture
 
 # Non-default fields, so the descriptions are shown to follow the fields.

@@ -7,8 +7,9 @@ import types
 
 import pytest
 
-from sastc_jax import data, export
+from sastc_jax import data
 from sastc_jax.data import specs
+from sastc_jax.interop import nir as export
 
 
 def config_for(name: str, image_size: int | None = None):

@@ -5,7 +5,7 @@ holds ``config.json`` and the student stage's checkpoints under ``student/``.
 :func:`load_run` reads both (the checkpoint by the restore protocol, with the stored shapes:
 nothing is built or initialised to restore it) and builds the student the config
 describes; evaluation (``stage=evaluate``), :mod:`sastc_jax.analyze` and
-:mod:`sastc_jax.export` all load a student this way.
+:mod:`sastc_jax.interop.nir` all load a student this way.
 """
 
 from __future__ import annotations

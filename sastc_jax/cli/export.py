@@ -1,5 +1,5 @@
 """``python -m sastc_jax.export --workdir=DIR [--checkpoint=best|final] [--output=FILE]``:
-the trained student as a NIR graph (:func:`sastc_jax.export.export_workdir`), by default
+the trained student as a NIR graph (:func:`sastc_jax.interop.nir.export_workdir`), by default
 into ``DIR/student.nir``. Flag of its own: ``--dt``."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from sastc_jax import checkpoints, export
+from sastc_jax import checkpoints
 from sastc_jax.cli import flags as shared
+from sastc_jax.interop import nir as export
 
 DT = flags.DEFINE_float("dt", export.DEFAULT_DT, "The NIR graph's time step in seconds (> 0).")
 flags.register_validator(DT.name, lambda dt: dt > 0, message="--dt must be > 0 (seconds).")

@@ -5,9 +5,9 @@ layers in execution order: a tuple of :class:`Layer` and :class:`Block` (a resid
 block). It says what each Flax module is and where it lives, nothing about how it
 computes (that is the model's ``__call__``). Its readers:
 
-- the NIR export (:func:`sastc_jax.export.plan`) builds its graph from the students'
+- the NIR export (:func:`sastc_jax.interop.nir_plan.plan`) builds its graph from the students'
   descriptions;
-- the PyTorch import (:mod:`sastc_jax.torch_import`) takes our module paths of the
+- the PyTorch import (:mod:`sastc_jax.interop.pytorch`) takes our module paths of the
   teachers from :func:`parameter_modules` and keeps only the PyTorch-side names;
 - ``tests/test_architecture.py`` checks that every registered model's description lists
   exactly the module paths of its initialised variables.

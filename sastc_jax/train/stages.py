@@ -28,9 +28,9 @@ from sastc_jax import (
     models,
     neurons,
     parallel,
-    torch_import,
 )
 from sastc_jax import ops as ops_lib
+from sastc_jax.interop import pytorch
 from sastc_jax.train import step as step_lib
 
 Array = jax.Array
@@ -203,11 +203,11 @@ def load_teacher(
     config, workdir: Path, model: flax.linen.Module, num_classes: int, input_shape: tuple
 ) -> tuple[dict, dict]:
     """The frozen teacher's ``(variables, record)`` for ``model``: imported from a PyTorch
-    or safetensors file (:mod:`sastc_jax.torch_import`), else from an orbax teacher
+    or safetensors file (:mod:`sastc_jax.interop.pytorch`), else from an orbax teacher
     directory. ``input_shape`` is one example's shape."""
     path = teacher_checkpoint_dir(config, workdir)
-    if torch_import.is_torch_checkpoint(path):
-        return torch_import.load_teacher(
+    if pytorch.is_torch_checkpoint(path):
+        return pytorch.load_teacher(
             path, model, config.teacher.model, input_shape, num_classes=num_classes
         )
     return checkpoints.load_teacher(path, model=config.teacher.model, num_classes=num_classes)

@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from sastc_jax import checkpoints, data, export, models, neurons
+from sastc_jax import checkpoints, data, models, neurons
 from sastc_jax.cli import export as export_cli
 from sastc_jax.cli import flags as cli_flags
 from sastc_jax.data import fashion_mnist
+from sastc_jax.interop import nir as export
 from sastc_jax.models.layers import LIF
 
 nir = pytest.importorskip("nir", reason="the `nir` extra is not installed")

@@ -20,8 +20,9 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 import torch_models  # noqa: E402  (needs torch)
 from processes import REPO, environment, run  # noqa: E402
 
-from sastc_jax import data, models, torch_import  # noqa: E402
+from sastc_jax import data, models  # noqa: E402
 from sastc_jax.checkpoints import CheckpointError, TeacherMismatchError  # noqa: E402
+from sastc_jax.interop import pytorch as torch_import  # noqa: E402
 from sastc_jax.metrics import read_metrics  # noqa: E402
 
 RTOL = 1e-4
