@@ -148,7 +148,71 @@ def get_dataset(
       that is not on disk, ImportError for a missing optional package; each message names
       the problem and the fix.
     """
-    spec = dataset_spec(name)
+    process_index, process_count, threads = _check_arguments(
+        name,
+        split,
+        batch_size,
+        validation_fraction,
+        bad_examples,
+        process_index,
+        process_count,
+        num_devices,
+        num_threads,
+    )
+    source_split = "train" if split == "validation" else split
+    source = resolve_source(name, data_dir, source)
+    loader, num_classes = open_loader(
+        name,
+        source_split,
+        source=source,
+        data_dir=data_dir,
+        time_steps=time_steps,
+        image_size=image_size,
+        cache_dir=cache_dir,
+        max_shift=max_shift,
+        flip=flip,
+        num_threads=max(1, threads),
+    )
+    if validation_fraction and split != "test":
+        from sastc_jax.data.validation import split_off_validation
+
+        loader = split_off_validation(loader, validation_fraction, split)
+    skipper = None
+    # Only readers that decode one example at a time can meet a bad one mid-run (the
+    # image folder); the others decode whole files above, where a failure stays an error.
+    if bad_examples == "skip" and name == "imagenet2012" and source == "folder":
+        skipper = BadExamples(loader, split=split, process_index=process_index)
+    return Dataset(
+        loader,
+        name=name,
+        split=split,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        seed=seed,
+        train=train,
+        augment=augment,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=threads,
+        prefetch=threads if prefetch is None else prefetch,
+        bad_examples=skipper,
+    )
+
+
+def _check_arguments(
+    name,
+    split,
+    batch_size,
+    validation_fraction,
+    bad_examples,
+    process_index,
+    process_count,
+    num_devices,
+    num_threads,
+) -> tuple[int, int, int]:
+    """Raise ``ValueError`` for arguments :func:`get_dataset` cannot serve; returns
+    ``(process_index, process_count, threads)`` with jax's defaults filled in."""
+    dataset_spec(name)  # raises for an unknown dataset, naming the known ones
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for {name}; choose one of {', '.join(SPLITS)}.")
     if split == "validation" and not validation_fraction:
@@ -177,15 +241,31 @@ def get_dataset(
     threads = _default_threads() if num_threads is None else num_threads
     if threads < 0:
         raise ValueError(f"num_threads must be >= 0, got {threads}.")
+    return process_index, process_count, threads
 
-    source_split = "train" if split == "validation" else split
-    source = resolve_source(name, data_dir, source)
-    num_classes = spec.num_classes
+
+def open_loader(
+    name: str,
+    split: str,
+    *,
+    source: str,
+    data_dir: str | None,
+    time_steps: int = 1,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+    max_shift: int | None = None,
+    flip: bool | None = None,
+    num_threads: int = 1,
+):
+    """``(loader, num_classes)``: the random-access reader of one source split ('train' or
+    'test') of dataset ``name`` from the resolved ``source`` (see :func:`get_dataset` for
+    the arguments). The image folder's class count is its number of class folders."""
+    num_classes = dataset_spec(name).num_classes
     if name in ("cifar10", "cifar100"):
         from sastc_jax.data.static import cifar_loader
 
-        loader = cifar_loader(name, source_split, data_dir, source)
-    elif name == "imagenet2012" and source == "folder":
+        return cifar_loader(name, split, data_dir, source), num_classes
+    if name == "imagenet2012" and source == "folder":
         from sastc_jax.data.image_folder import image_folder_loader
 
         if not data_dir:
@@ -193,51 +273,27 @@ def get_dataset(
                 "ImageNet from an image folder needs data_dir: the folder holding train/ "
                 "and val/ with one sub-folder per class."
             )
-        loader = image_folder_loader(data_dir, source_split, image_size)
-        num_classes = len(loader.classes)
-    elif name == "imagenet2012":
+        loader = image_folder_loader(data_dir, split, image_size)
+        return loader, len(loader.classes)
+    if name == "imagenet2012":
         from sastc_jax.data.static import imagenet_loader
 
-        loader = imagenet_loader(source_split, data_dir, image_size)
-    elif name == "fashion_mnist":
+        return imagenet_loader(split, data_dir, image_size), num_classes
+    if name == "fashion_mnist":
         from sastc_jax.data.static import fashion_mnist_loader
 
-        loader = fashion_mnist_loader(source_split, data_dir, source)
-    else:
-        from sastc_jax.data.dvs import dvs_loader
+        return fashion_mnist_loader(split, data_dir, source), num_classes
+    from sastc_jax.data.dvs import dvs_loader
 
-        loader = dvs_loader(
-            name,
-            source_split,
-            data_dir,
-            time_steps,
-            image_size,
-            cache_dir,
-            max_shift,
-            flip,
-            num_threads=max(1, threads),
-        )
-    if validation_fraction and split != "test":
-        from sastc_jax.data.validation import split_off_validation
-
-        loader = split_off_validation(loader, validation_fraction, split)
-    skipper = None
-    # Only readers that decode one example at a time can meet a bad one mid-run (the
-    # image folder); the others decode whole files above, where a failure stays an error.
-    if bad_examples == "skip" and name == "imagenet2012" and source == "folder":
-        skipper = BadExamples(loader, split=split, process_index=process_index)
-    return Dataset(
-        loader,
-        name=name,
-        split=split,
-        num_classes=num_classes,
-        batch_size=batch_size,
-        seed=seed,
-        train=train,
-        augment=augment,
-        process_index=process_index,
-        process_count=process_count,
-        num_threads=threads,
-        prefetch=threads if prefetch is None else prefetch,
-        bad_examples=skipper,
+    loader = dvs_loader(
+        name,
+        split,
+        data_dir,
+        time_steps,
+        image_size,
+        cache_dir,
+        max_shift,
+        flip,
+        num_threads=num_threads,
     )
+    return loader, num_classes
