@@ -160,12 +160,11 @@ def _matrix(rows: Sequence[Sequence[float]], digits: int = 4) -> list[str]:
 
 def diagnosis_markdown(result: dict[str, Any]) -> str:
     shares = result["loss_shares"]
-    lines = [
-        f"# Calibration diagnosis: {result['run']}",
-        "",
-        f"Method {result['method']}, beta {result['beta']:g}, over the {result['split']} split.",
-        "",
-    ]
+    title = f"# Calibration diagnosis: {result['run']}\n"  # each line ends a paragraph
+    setup = (
+        f"Method {result['method']}, beta {result['beta']:g}, over the {result['split']} split.\n"
+    )
+    lines = [title, setup]
     if shares:
         picks = sorted(
             {0, len(shares) // 4, len(shares) // 2, 3 * len(shares) // 4, len(shares) - 1}

@@ -148,16 +148,9 @@ def get_dataset(
       that is not on disk, ImportError for a missing optional package; each message names
       the problem and the fix.
     """
-    process_index, process_count, threads = _check_arguments(
-        name,
-        split,
-        batch_size,
-        validation_fraction,
-        bad_examples,
-        process_index,
-        process_count,
-        num_devices,
-        num_threads,
+    _check_arguments(name, split, batch_size, validation_fraction, bad_examples)
+    process_index, process_count, threads = _host_share(
+        batch_size, process_index, process_count, num_devices, num_threads
     )
     source_split = "train" if split == "validation" else split
     source = resolve_source(name, data_dir, source)
@@ -200,18 +193,10 @@ def get_dataset(
 
 
 def _check_arguments(
-    name,
-    split,
-    batch_size,
-    validation_fraction,
-    bad_examples,
-    process_index,
-    process_count,
-    num_devices,
-    num_threads,
-) -> tuple[int, int, int]:
-    """Raise ``ValueError`` for arguments :func:`get_dataset` cannot serve; returns
-    ``(process_index, process_count, threads)`` with jax's defaults filled in."""
+    name: str, split: str, batch_size: int, validation_fraction: float, bad_examples: str
+) -> None:
+    """Raise ``ValueError`` for a dataset, split, batch or policy :func:`get_dataset`
+    cannot serve."""
     dataset_spec(name)  # raises for an unknown dataset, naming the known ones
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r} for {name}; choose one of {', '.join(SPLITS)}.")
@@ -222,6 +207,17 @@ def _check_arguments(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     check_policy(bad_examples)
+
+
+def _host_share(
+    batch_size: int,
+    process_index: int | None,
+    process_count: int | None,
+    num_devices: int | None,
+    num_threads: int | None,
+) -> tuple[int, int, int]:
+    """``(process_index, process_count, threads)`` with jax's defaults filled in; raises
+    ``ValueError`` when the per-host batch does not split over the local devices."""
     if process_index is None or process_count is None or num_devices is None:
         import jax
 

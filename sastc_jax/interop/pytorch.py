@@ -63,29 +63,34 @@ class TorchLayout:
     in_block: Mapping[str, str]
 
 
+_RESNET_BLOCK_PATHS = (
+    "conv_bn1/conv",
+    "conv_bn1/bn",
+    "conv_bn2/conv",
+    "conv_bn2/bn",
+    "shortcut/conv",
+    "shortcut/bn",
+)
+
+
+def _resnet_block(*torch_names: str) -> dict[str, str]:
+    """The ``in_block`` of a ResNet layout: :data:`_RESNET_BLOCK_PATHS` (ours, in order)
+    -> ``torch_names``."""
+    return dict(zip(_RESNET_BLOCK_PATHS, torch_names, strict=True))
+
+
 _TORCHVISION_RESNET = {
     "top": {"stem/conv": "conv1", "stem/bn": "bn1", "fc": "fc"},
     "block": "layer{stage}.{index}",
-    "in_block": {
-        "conv_bn1/conv": "conv1",
-        "conv_bn1/bn": "bn1",
-        "conv_bn2/conv": "conv2",
-        "conv_bn2/bn": "bn2",
-        "shortcut/conv": "downsample.0",
-        "shortcut/bn": "downsample.1",
-    },
+    "in_block": _resnet_block("conv1", "bn1", "conv2", "bn2", "downsample.0", "downsample.1"),
 }
 _RELEASE_RESNET19 = {
     "top": {"stem/conv": "layer0.0", "stem/bn": "layer0.1", "fc": "layer4.2"},
     "block": "layer{stage}.{index}",
-    "in_block": {
-        "conv_bn1/conv": "part1.conv",
-        "conv_bn1/bn": "part1.bn",
-        "conv_bn2/conv": "part2.conv",
-        "conv_bn2/bn": "part2.bn",
-        "shortcut/conv": "part2.downsample.0",
-        "shortcut/bn": "part2.downsample.1",
-    },
+    "in_block": _resnet_block(
+        *("part1.conv", "part1.bn", "part2.conv", "part2.bn"),
+        *("part2.downsample.0", "part2.downsample.1"),
+    ),
 }
 _RELEASE_WRN = {
     "top": {"stem": "conv1", "bn_final": "bn1", "fc": "fc"},

@@ -88,13 +88,14 @@ class Block:
     the block.
     """
 
-    name: str
-    stage: int
-    index: int
     body: tuple[Layer, ...]
     shortcut: tuple[Layer, ...] = ()
     shortcut_from: str = ""
     after: tuple[Layer, ...] = ()
+    # Set by residual_stages:
+    name: str = ""
+    stage: int = 0
+    index: int = 0
 
 
 Architecture = tuple[Layer | Block, ...]
@@ -112,18 +113,18 @@ def residual_stages(
     in_channels: int,
     block_widths: Sequence[Sequence[int]],
     strides: Sequence[int],
-    make_block: Callable[[str, int, int, int, int, int], Block],
+    make_block: Callable[[int, int, int], Block],
 ) -> list[Block]:
     """The blocks ``stage{s}_block{b}`` of residual stages: stage ``s`` has one block per
     width in ``block_widths[s]``, the first with stride ``strides[s]``;
-    ``make_block(name, stage, index, in_channels, width, stride)`` describes one.
+    ``make_block(in_channels, width, stride)`` describes one (this names and numbers it).
     """
     blocks, channels = [], in_channels
     for stage, (widths, stride) in enumerate(zip(block_widths, strides, strict=True), 1):
         for index, width in enumerate(widths, 1):
-            block_stride = stride if index == 1 else 1
+            block = make_block(channels, width, stride if index == 1 else 1)
             name = f"stage{stage}_block{index}"
-            blocks.append(make_block(name, stage, index, channels, width, block_stride))
+            blocks.append(dataclasses.replace(block, name=name, stage=stage, index=index))
             channels = width
     return blocks
 
@@ -148,12 +149,9 @@ def resnet(model: SpikingResNet | ResNet) -> Architecture:
     if model.stem == "imagenet":
         layers.append(Layer("max_pool", "stem_pool", kernel=3, stride=2, padding=1))
 
-    def block(name: str, stage: int, index: int, in_channels: int, width: int, stride: int):
+    def block(in_channels: int, width: int, stride: int) -> Block:
         projects = _projects(in_channels, width, stride)
         return Block(
-            name,
-            stage,
-            index,
             body=(
                 _conv_bn("conv_bn1", width, 3, stride),
                 Layer(activation, f"{activation}1"),
@@ -218,12 +216,9 @@ def wide_resnet(model: WideResNet) -> Architecture:
         raise ValueError(f"WideResNet depth must be 6n + 4; got {model.depth}.")
     blocks_per_stage = (model.depth - 4) // 6
 
-    def block(name: str, stage: int, index: int, in_channels: int, width: int, stride: int):
+    def block(in_channels: int, width: int, stride: int) -> Block:
         projects = _projects(in_channels, width, stride)
         return Block(
-            name,
-            stage,
-            index,
             body=(
                 Layer("bn", "bn1"),
                 Layer("relu", "relu1"),
@@ -264,7 +259,7 @@ def pyramidnet(model: PyramidNet) -> Architecture:
             stage_widths.append(round(width))
         widths.append(tuple(stage_widths))
 
-    def block(name: str, stage: int, index: int, in_channels: int, width: int, stride: int):
+    def block(in_channels: int, width: int, stride: int) -> Block:
         shortcut = []
         if stride != 1:
             shortcut.append(Layer("avg_pool", "shortcut_pool", kernel=2, stride=2, ceil=True))
@@ -273,9 +268,6 @@ def pyramidnet(model: PyramidNet) -> Architecture:
         if width > in_channels:
             shortcut.append(Layer("pad_channels", "shortcut_pad", width))
         return Block(
-            name,
-            stage,
-            index,
             body=(
                 Layer("bn", "bn1"),
                 _conv("conv1", width, 3, stride),
