@@ -14,9 +14,9 @@ import jax
 import numpy as np
 from mock_main import run_mocked_main
 
-from sastc_jax import train
+from sastc_jax.train import loop
 
-_run_stage = train.run_stage
+_run_stage = loop.run_stage
 
 
 def local_copy(leaf) -> np.ndarray:
@@ -38,5 +38,6 @@ def run_stage_and_save(stage, config, workdir, mesh, logger):
 
 
 if __name__ == "__main__":
-    train.run_stage = run_stage_and_save
+    # The stages call run_stage from train.loop's namespace: replace it there.
+    loop.run_stage = run_stage_and_save
     run_mocked_main()
