@@ -8,9 +8,7 @@ import jax
 import numpy as np
 import optax
 
-from sastc_jax import (
-    losses,
-)
+from sastc_jax import losses
 
 Array = jax.Array
 

@@ -7,8 +7,6 @@ import signal
 
 import jax
 
-Array = jax.Array
-
 
 class Preempted(SystemExit):
     """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
