@@ -19,7 +19,7 @@ EVALUATED = ("teacher", "student", "student_best")
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("step", "cosine", "constant")
 BAD_EXAMPLES = data.bad_examples.POLICIES  # config.dataset.bad_examples
-DATASETS = ("cifar10", "cifar100", "imagenet2012", "fashion_mnist", "dvs_gesture", "cifar10_dvs")
+DATASETS = data.DATASET_NAMES  # the names of the dataset specs (sastc_jax.data.specs)
 
 
 def optimizer_config(
