@@ -152,6 +152,21 @@ def test_variant_overrides_apply_after_the_choices_and_unknown_fields_fail(tmp_p
         compare.student_config(config, tmp_path, typo, 0)
 
 
+def test_teacher_overrides_change_only_the_teacher(tmp_path):
+    config = tiny_config(tmp_path)
+    config.dataset.augment = False
+    config.compare.teacher_overrides = {"dataset": {"augment": True}}
+    teacher = compare.teacher_config(config, tmp_path)
+    assert teacher.dataset.augment is True and teacher.stage == "teacher"
+    assert teacher.max_steps_per_epoch == config.compare.teacher_max_steps_per_epoch
+    assert teacher.teacher.checkpoint == str(tmp_path / "teacher" / "final")
+    student = compare.student_config(config, tmp_path, "ce", 0)
+    assert student.dataset.augment is False
+    config.compare.teacher_overrides = {"dataset": {"augmentation": True}}
+    with pytest.raises(ValueError, match=r"teacher_overrides: config\.augmentation is not"):
+        compare.teacher_config(config, tmp_path)
+
+
 def test_t_quantile_matches_the_t_table():
     # Two-sided 95% critical values of Student's t (any statistics table).
     for df, value in ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (10, 2.228), (30, 2.042)):

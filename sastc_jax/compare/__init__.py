@@ -40,6 +40,8 @@ Rerunning the same command after a stop (SIGTERM, exit 143) continues where it s
 ``--notrain`` writes the results of the finished runs.
 ``config.compare.teacher_max_steps_per_epoch`` replaces ``config.max_steps_per_epoch``
 for the teacher (0 = whole epochs).
+``config.compare.teacher_overrides`` changes fields of the teacher's run config only
+(e.g. ``{'dataset': {'augment': True}}``).
 """
 
 from sastc_jax.compare.phases import (

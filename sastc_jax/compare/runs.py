@@ -51,8 +51,7 @@ def comparison_rows(config: ml_collections.ConfigDict) -> list[Row]:
         if name in variants:
             variant = variants[name]
             method = variant.get("method")
-            overrides = variant.get("overrides") or {}
-            overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
+            overrides = plain_dict(variant.get("overrides"))
         else:
             method, overrides = name, {}
         if method not in losses.METHODS:
@@ -122,6 +121,13 @@ def run_config(config, **changes) -> ml_collections.ConfigDict:
     return copy
 
 
+def plain_dict(overrides) -> dict:
+    """A nested dict of overrides from a ConfigDict, a dict or None (no overrides)."""
+    if not overrides:
+        return {}
+    return overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
     """Merge a nested dict of overrides into ``config``; an unknown field is an error."""
     for key, value in overrides.items():
@@ -137,9 +143,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, where: s
 
 
 def teacher_config(config, workdir: Path) -> ml_collections.ConfigDict:
-    copy = run_config(
-        config, stage="teacher", max_steps_per_epoch=config.compare.teacher_max_steps_per_epoch
-    )
+    """The teacher's run config: ``config.compare.teacher_overrides`` (a nested dict of
+    existing fields, e.g. ``{'dataset': {'augment': True}}`` for a teacher trained with
+    augmentation and students without), then ``teacher_max_steps_per_epoch``."""
+    copy = run_config(config, stage="teacher")
+    overrides = plain_dict(config.compare.get("teacher_overrides"))
+    apply_overrides(copy, overrides, "config.compare.teacher_overrides")
+    copy.max_steps_per_epoch = config.compare.teacher_max_steps_per_epoch
     copy.teacher.checkpoint = str(workdir / "teacher" / "final")
     return copy
 
