@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pinned import assert_matches_pinned, sum_and_norm
 
 from sastc_jax import models, ops
 
@@ -50,11 +51,6 @@ PINNED = {
 PINNED["convnet_snn", True] = PINNED["convnet_snn", False]
 
 
-def sum_and_norm(tree) -> tuple[float, float]:
-    leaves = [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(tree)]
-    return float(sum(x.sum() for x in leaves)), float(np.sqrt(sum((x * x).sum() for x in leaves)))
-
-
 def forward_and_gradients(name, remat, chosen=None):
     """Loss = sum(logits * fixed weights) + 1e-3 * sum of the taps, train mode."""
     model = models.get_model(
@@ -89,7 +85,7 @@ def forward_and_gradients(name, remat, chosen=None):
 @pytest.mark.parametrize("name", ["convnet_snn", "resnet19_snn"])
 def test_numbers_are_those_of_commit_40cc26e(name, remat):
     statistics, _, _ = forward_and_gradients(name, remat)
-    np.testing.assert_allclose(statistics, PINNED[name, remat], rtol=1e-6)
+    assert_matches_pinned(statistics, PINNED[name, remat])
 
 
 @pytest.mark.slow
