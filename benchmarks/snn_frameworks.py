@@ -10,7 +10,9 @@ the batch-norm scale and bias.
 
 Frameworks, each size in its own process, one after the other:
 
-- ``sastc-jax``: ``models.layers.Dense`` / ``ConvBN`` + ``neurons.lif`` under ``jax.jit``.
+- ``sastc-jax``: ``models.layers.Dense`` / ``ConvBN`` + ``neurons.lif`` under ``jax.jit``;
+  the dense bias is given to ``lif`` (``bias=``), which adds it inside its loop, as
+  ``layers.dense_lif`` does in the models.
 - ``sastc-jax-reference`` (``--reference``): the same with the LIF written as before this
   change, a fully unrolled ``lax.scan`` of ``neurons.lif_step`` differentiated by JAX
   (``--reference-timeout`` per process: at T=500 it does not finish compiling).
@@ -34,8 +36,12 @@ Frameworks, each size in its own process, one after the other:
 
 Each process warms up once (that call's time is the "first call": compile for JAX, the
 first eager pass for PyTorch), then times ``--repeats`` calls (default 3) and reports their
-median, and its peak RSS (``ru_maxrss``). Output: a markdown table on stdout and
-``--json`` (all records). Dense rows also print the matmul floor and ours / floor.
+median, and its peak RSS (``ru_maxrss``). With ``--rounds R`` the whole sequence of
+processes runs R times, one round after the other, and each cell is the median of its R
+process medians (the JSON keeps every round): on this shared 2-core machine the same
+process varies by up to 1.5x from one start to the next, more than the gaps the targets
+ask about. Output: a markdown table on stdout and ``--json`` (all records). Dense rows
+also print the matmul floor and ours / floor.
 
 The peers are not dependencies of this project (optional extra ``peers`` lists them). Put
 them in a virtual environment outside the repository and pass its interpreter:
@@ -122,6 +128,9 @@ def jax_dense(framework: str, n: int, steps: int, repeats: int) -> dict:
     spiking = spiking_function(framework)
 
     def spike_sum(params, inputs):
+        if framework == "sastc-jax":  # as the models compose them: layers.dense_lif
+            currents = layer.apply(params, inputs, add_bias=False)
+            return jnp.sum(spiking(currents, bias=params["params"]["bias"]))
         return jnp.sum(spiking(layer.apply(params, inputs)))
 
     return compile_and_time(jax.grad(spike_sum), (params, inputs), repeats)
@@ -417,6 +426,35 @@ def run_one(
     return record
 
 
+def across_rounds(records: list[dict]) -> list[dict]:
+    """One record per (framework, case): the median over rounds of the process medians.
+
+    First-call time is the median too, peak RSS and XLA temp the largest; a case that
+    failed in any round keeps that round's error.
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        groups.setdefault((record["framework"], record["case"]), []).append(record)
+    combined = []
+    for (framework, case), group in groups.items():
+        failed = [r for r in group if "error" in r]
+        if failed:
+            combined.append(failed[0])
+            continue
+        merged = {
+            "framework": framework,
+            "case": case,
+            "median_s": statistics.median(r["median_s"] for r in group),
+            "round_medians_s": [r["median_s"] for r in group],
+            "first_call_s": statistics.median(r["first_call_s"] for r in group),
+            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in group),
+        }
+        if "xla_temp_bytes" in group[0]:
+            merged["xla_temp_bytes"] = max(r["xla_temp_bytes"] for r in group)
+        combined.append(merged)
+    return combined
+
+
 def cell(record: dict | None) -> str:
     if record is None:
         return ""
@@ -456,7 +494,8 @@ def markdown(records: list[dict], cases: list[str], frameworks: list[str], heade
         lines.append(f"| {label(case)} | " + " | ".join(row) + f" | {speedup} | {over_floor} |")
     lines += [
         "",
-        "Cells: median of the timed calls (first call, i.e. compile or first eager pass; "
+        "Cells: median of the timed calls, over rounds the median of the process medians "
+        "(first call, i.e. compile or first eager pass; "
         "peak RSS of that process; for JAX, XLA's temporary buffers). `floor`: the layer's "
         "own forward + weight-gradient matmuls (conv rows: the conv) alone in JAX.",
     ]
@@ -483,6 +522,9 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every process this many times (median)"
+    )
     parser.add_argument("--json", help="write all records here")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -503,20 +545,22 @@ def main() -> None:
     conv_cases = [f"conv:{t}" for t in args.conv_steps.split(",") if t]
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     records = []
-    for case in dense_cases + conv_cases:
-        for framework in frameworks:
-            if case.startswith("conv") and framework not in CONV_FRAMEWORKS:
-                continue
-            python = sys.executable if framework in JAX_FRAMEWORKS else args.peer_python
-            reference = framework == "sastc-jax-reference"
-            timeout = args.reference_timeout if reference else args.timeout
-            records.append(run_one(framework, case, args, python, timeout))
+    for round_index in range(args.rounds):
+        for case in dense_cases + conv_cases:
+            for framework in frameworks:
+                if case.startswith("conv") and framework not in CONV_FRAMEWORKS:
+                    continue
+                python = sys.executable if framework in JAX_FRAMEWORKS else args.peer_python
+                reference = framework == "sastc-jax-reference"
+                timeout = args.reference_timeout if reference else args.timeout
+                record = run_one(framework, case, args, python, timeout)
+                records.append({**record, "round": round_index})
     header = (
         f"Run started {started}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores; B={BATCH} (conv rows B={args.conv_batch}); load average "
         f"{os.getloadavg()[0]:.1f} at the end."
     )
-    table = markdown(records, dense_cases + conv_cases, frameworks, header)
+    table = markdown(across_rounds(records), dense_cases + conv_cases, frameworks, header)
     print(table)
     if args.json:
         Path(args.json).write_text(

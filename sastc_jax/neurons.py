@@ -18,7 +18,8 @@ tangent is a second scan, linear in the input tangent, that applies the surrogat
 chain step by step (recomputing ``s_t`` and ``g(u_t - v_th)`` from ``u_t`` under
 ``jax.checkpoint``). Forward mode runs that scan; reverse mode is JAX's transpose
 of it, a reverse scan whose only saved residual is ``u_t``: one float32 per
-neuron-step. The arithmetic per step is :func:`lif_step`'s and that of its
+neuron-step. A constant ``bias`` current (a dense layer's bias) can be added inside the
+forward loop, so that ``y + b`` is never stored as an array of its own. The arithmetic per step is :func:`lif_step`'s and that of its
 autodiff, so spikes are bit-identical to a scan of it and the derivatives agree
 with its autodiff (the tests assert 1e-6). Short sequences
 (T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the update with its
@@ -114,15 +115,18 @@ def lif_step(
 FULL_UNROLL_MAX_T = 8
 
 
-def _membrane_scan(currents: Array, config: LIFConfig) -> Array:
-    """The pre-reset membrane ``u_t`` of every step, ``(T, ...)`` float32 from float32."""
+def _membrane_scan(currents: Array, bias: Array | None, config: LIFConfig) -> Array:
+    """The pre-reset membrane ``u_t`` of every step, ``(T, ...)`` float32 from float32.
+
+    ``bias`` (or None) is added to every step's input inside the loop: ``x_t + bias``.
+    """
 
     # The carry is u_{t-1}: v_{t-1} is recomputed from it, so each step writes one array
     # (u_t is both the carry and the output), which XLA's CPU loop handles without a copy
     # of the carry per step.
     def step(u_prev, x_t):
         v_prev = u_prev * (1.0 - _spike(u_prev, config))
-        u = config.tau * v_prev + x_t
+        u = config.tau * v_prev + (x_t if bias is None else x_t + bias)
         return u, u
 
     # zeros_like keeps the input's sharding/varying-axis type, as scan under shard_map needs.
@@ -145,22 +149,30 @@ def _spike(u: Array, config: LIFConfig) -> Array:
     return (u - config.v_threshold > 0).astype(u.dtype)
 
 
-def _tangent_scan(membrane: Array, currents_dot: Array, config: LIFConfig, with_membrane: bool):
-    """Tangents ``(s_dot, u_dot)`` of the sequence, linear in ``currents_dot``.
+def _tangent_scan(
+    membrane: Array,
+    currents_dot: Array,
+    bias_dot: Array | None,
+    config: LIFConfig,
+    with_membrane: bool,
+):
+    """Tangents ``(s_dot, u_dot)`` of the sequence, linear in ``currents_dot`` and ``bias_dot``.
 
     Per step, the forward-mode derivative of :func:`lif_step` term by term:
     ``u_dot = tau v_dot + x_dot``, ``s_dot = g(u - v_th) u_dot``,
-    ``v_dot = u_dot (1 - s) + u (-s_dot)`` (the reset is not detached).
+    ``v_dot = u_dot (1 - s) + u (-s_dot)`` (the reset is not detached), where
+    ``x_dot = currents_dot[t] + bias_dot``.
     """
 
     # The carry is tau * v_dot, so the previous step and x_dot enter only through their sum
     # u_dot: in JAX's transpose of this scan the cotangent carried back and the cotangent of
-    # x_dot are then one value, and the reverse loop writes one array per step.
+    # x_dot are then one value, and the reverse loop writes one array per step. bias_dot is
+    # a constant of the loop, so its cotangent is summed in the reverse loop's carry.
     # Checkpointed so that reverse mode saves u_t alone and recomputes s_t and g(u_t - v_th)
     # inside the reverse loop, instead of saving them as two more arrays.
     @jax.checkpoint
     def step(decayed_v_dot, u, x_dot):
-        u_dot = decayed_v_dot + x_dot
+        u_dot = decayed_v_dot + (x_dot if bias_dot is None else x_dot + bias_dot)
         slope = surrogate_gradient(config.surrogate, config.width, u - config.v_threshold)
         spike_dot = slope * u_dot
         v_dot = u_dot * (1.0 - _spike(u, config)) + u * (-spike_dot)
@@ -175,9 +187,18 @@ def _tangent_scan(membrane: Array, currents_dot: Array, config: LIFConfig, with_
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _lif_sequence(currents: Array, config: LIFConfig, with_membrane: bool) -> tuple[Array, ...]:
-    """float32 ``(T, ...)`` currents -> ``(spikes,)`` or ``(spikes, membrane)``, float32."""
-    return _outputs(_membrane_scan(currents, config), config, with_membrane)
+def _lif_sequence(
+    inputs: tuple[Array] | tuple[Array, Array], config: LIFConfig, with_membrane: bool
+) -> tuple[Array, ...]:
+    """float32 ``(currents,)`` or ``(currents, bias)`` -> ``(spikes,)`` or ``(spikes, membrane)``.
+
+    ``currents`` is ``(T, ...)``; ``bias`` is broadcast against one step, ``(...)``.
+    """
+    return _outputs(_membrane_scan(*_currents_and_bias(inputs), config), config, with_membrane)
+
+
+def _currents_and_bias(inputs: tuple[Array] | tuple[Array, Array]) -> tuple[Array, Array | None]:
+    return (inputs[0], inputs[1]) if len(inputs) == 2 else (inputs[0], None)
 
 
 def _outputs(membrane: Array, config: LIFConfig, with_membrane: bool) -> tuple[Array, ...]:
@@ -188,16 +209,18 @@ def _outputs(membrane: Array, config: LIFConfig, with_membrane: bool) -> tuple[A
 
 @_lif_sequence.defjvp
 def _lif_sequence_jvp(config, with_membrane, primals, tangents):
-    (currents,), (currents_dot,) = primals, tangents
-    membrane = _membrane_scan(currents, config)
+    (inputs,), (inputs_dot,) = primals, tangents
+    membrane = _membrane_scan(*_currents_and_bias(inputs), config)
     out = _outputs(membrane, config, with_membrane)
-    return out, _tangent_scan(membrane, currents_dot, config, with_membrane)
+    currents_dot, bias_dot = _currents_and_bias(inputs_dot)
+    return out, _tangent_scan(membrane, currents_dot, bias_dot, config, with_membrane)
 
 
 def lif(
     currents: Array,
     config: LIFConfig = LIFConfig(),
     *,
+    bias: Array | None = None,
     return_membrane: bool = False,
 ) -> Array | tuple[Array, Array]:
     """Run LIF neurons over a time-major input current ``(T, ...)``.
@@ -207,9 +230,31 @@ def lif(
     pre-reset membrane potential ``u_t`` (float32, same shape) for analysis.
     Equal to scanning :func:`lif_step` over T (spikes bit for bit, derivatives
     to rounding), with a sequence-level derivative; see the module docstring.
+
+    ``bias`` (a constant current, broadcastable to one step ``currents.shape[1:]``,
+    e.g. a dense layer's bias) is added to every step: ``lif(y, bias=b)`` equals
+    ``lif(y + b)``. For float32 currents the addition happens inside the loop, so
+    ``y + b`` is never stored as a ``(T, ...)`` array of its own; for other dtypes it
+    is done first, in that dtype, exactly as ``y + b``.
     """
     if currents.ndim < 1:
         raise ValueError("lif expects a time-major array (T, ...); got a scalar.")
-    outs = _lif_sequence(currents.astype(jnp.float32), config, return_membrane)
+    if bias is not None:
+        step_shape = currents.shape[1:]
+        try:
+            fits = jnp.broadcast_shapes(jnp.shape(bias), step_shape) == step_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"lif's bias must broadcast to one step's shape {step_shape}; "
+                f"got shape {jnp.shape(bias)}."
+            )
+        if currents.dtype != jnp.float32:
+            currents, bias = currents + jnp.asarray(bias, currents.dtype), None
+    inputs = (currents.astype(jnp.float32),)
+    if bias is not None:
+        inputs += (jnp.asarray(bias, jnp.float32),)
+    outs = _lif_sequence(inputs, config, return_membrane)
     spikes = outs[0].astype(currents.dtype)
     return (spikes, outs[1]) if return_membrane else spikes

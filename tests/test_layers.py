@@ -17,6 +17,7 @@ from sastc_jax.models.layers import (
     avg_pool,
     conv,
     dense,
+    dense_lif,
     max_pool,
     merge_time,
     repeat_over_time,
@@ -65,6 +66,38 @@ def test_lif_layer_is_neurons_lif():
     spikes = LIF(config).apply({}, currents)
     np.testing.assert_array_equal(spikes, lif(currents, config))
     assert spikes.dtype == currents.dtype
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_lif_is_lif_of_dense(dtype):
+    # The bias added inside the neuron loop: the same spikes as LIF(Dense(x)), bit for bit,
+    # the same parameter tree, and the same parameter gradients to float32 rounding.
+    x = jax.random.normal(jax.random.key(0), (12, 3, 16)) + 0.4
+
+    class Separate(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return LIF(name="lif")(dense(8, dtype=dtype, name="fc")(x))
+
+    class Fused(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return dense_lif(dense(8, dtype=dtype, name="fc"), LIF(name="lif"), x)
+
+    params = Separate().init(jax.random.key(1), x)
+    assert jax.tree.structure(Fused().init(jax.random.key(1), x)) == jax.tree.structure(params)
+    spikes = Fused().apply(params, x)
+    assert spikes.dtype == dtype
+    np.testing.assert_array_equal(spikes, Separate().apply(params, x))
+    assert 0 < float(spikes.astype(jnp.float32).mean()) < 1
+
+    def loss(model):
+        return lambda p: jnp.sum(model.apply(p, x).astype(jnp.float32) * jnp.arange(8.0))
+
+    fused, separate = jax.grad(loss(Fused()))(params), jax.grad(loss(Separate()))(params)
+    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_max_pool_pads_with_minus_infinity():

@@ -147,6 +147,54 @@ def test_lif_equals_the_scan_of_lif_step(surrogate, time_steps):
         np.testing.assert_allclose(tangent, ref_tangent, rtol=1e-6)
 
 
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("time_steps", [2, 50])
+def test_bias_inside_the_loop_equals_adding_it_first(surrogate, time_steps):
+    # lif(y, bias=b) == lif(y + b): spikes and membrane bit for bit; derivatives in both
+    # modes, for y and for b, to float32 rounding (b's cotangent is summed in another order).
+    config = LIFConfig.default_for(surrogate)
+    keys = jax.random.split(jax.random.key(7), 4)
+    currents = jax.random.normal(keys[0], (time_steps, 4, 32)) * 0.8 + 0.3
+    bias = jax.random.normal(keys[1], (32,)) * 0.3
+    weights = jax.random.normal(keys[2], currents.shape)
+
+    def inside(c, b):
+        return lif(c, config, bias=b, return_membrane=True)
+
+    def first(c, b):
+        return lif(c + b, config, return_membrane=True)
+
+    outputs = jax.jit(inside)(currents, bias), jax.jit(first)(currents, bias)
+    for got, want in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    def loss(run):
+        return lambda c, b: jnp.sum(weights * run(c, b)[0]) + 0.1 * jnp.sum(run(c, b)[1])
+
+    grads = jax.jit(jax.grad(loss(inside), (0, 1)))(currents, bias)
+    ref_grads = jax.jit(jax.grad(loss(first), (0, 1)))(currents, bias)
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    directions = (jax.random.normal(keys[3], currents.shape), bias[::-1])
+    tangent = jax.jvp(loss(inside), (currents, bias), directions)[1]
+    ref_tangent = jax.jvp(loss(first), (currents, bias), directions)[1]
+    np.testing.assert_allclose(tangent, ref_tangent, rtol=1e-6)
+
+
+def test_bias_shape_and_dtype():
+    currents = jnp.ones((3, 2, 4), jnp.bfloat16) * 0.7
+    bias = jnp.full((4,), 0.45, jnp.float32)
+    # Not float32: added first, in the currents' dtype, as currents + bias would be.
+    np.testing.assert_array_equal(
+        lif(currents, bias=bias), lif(currents + bias.astype(jnp.bfloat16))
+    )
+    with pytest.raises(ValueError, match=r"bias must broadcast to one step's shape \(2, 4\)"):
+        lif(currents, bias=jnp.ones((3, 2, 4)))
+    with pytest.raises(ValueError, match=r"got shape \(5,\)"):
+        lif(currents, bias=jnp.ones(5))
+
+
 def test_reverse_mode_saves_only_the_membrane():
     # The residuals of jax.vjp: u_t (one float32 per neuron-step) plus one step's zeros,
     # against three per neuron-step (s_t, u_t and the surrogate slope) for the plain scan.

@@ -235,7 +235,10 @@ class Dense(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, add_bias: bool = True) -> Array:
+        """``x @ kernel + bias``; with ``add_bias=False`` only ``x @ kernel``, for a caller
+        that adds the bias itself (``LIF(...)(y, bias=dense.variables['params']['bias'])``
+        adds it inside the neuron loop, see :func:`sastc_jax.neurons.lif`)."""
         check_init_scheme(self.init_scheme)
         fan_in = x.shape[-1]
         kernel = self.param("kernel", pytorch_weight_init, (fan_in, self.features), jnp.float32)
@@ -251,7 +254,8 @@ class Dense(nn.Module):
         # output gradient transposed first (one more (T, B, features) array, and its time).
         rows = x.reshape(-1, fan_in)
         y = jax.lax.dot_general(rows, kernel, (((1,), (0,)), ((), ())))
-        return y.reshape(*x.shape[:-1], self.features) + bias
+        y = y.reshape(*x.shape[:-1], self.features)
+        return y + bias if add_bias else y
 
 
 def dense(
@@ -302,8 +306,20 @@ class LIF(nn.Module):
     config: LIFConfig = LIFConfig()
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
-        return lif(x, self.config)
+    def __call__(self, x: Array, bias: Array | None = None) -> Array:
+        """Spikes of ``lif(x, bias=bias)``: ``bias`` is a constant current added at every step."""
+        return lif(x, self.config, bias=bias)
+
+
+def dense_lif(dense_layer: Dense, neuron_layer: LIF, x: Array) -> Array:
+    """``neuron_layer(dense_layer(x))``, with the dense bias added inside the neuron loop.
+
+    The same spikes (bit for bit in float32) without storing ``x @ kernel + bias`` as an
+    array of its own: one ``(T, ..., features)`` array less in the forward and backward
+    pass. Call it from a compact method, like the two layers.
+    """
+    currents = dense_layer(x, add_bias=False)
+    return neuron_layer(currents, dense_layer.variables["params"]["bias"].astype(currents.dtype))
 
 
 # ----------------------------------------------------------------------- pooling

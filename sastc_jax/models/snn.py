@@ -48,6 +48,7 @@ from sastc_jax.models.layers import (
     Ops,
     avg_pool,
     dense,
+    dense_lif,
     global_avg_pool,
     max_pool,
     ops_field,
@@ -91,8 +92,11 @@ def spiking_head(
     """
     x = global_avg_pool(x)
     if hidden_features is not None:
-        x = dense(hidden_features, dtype=dtype, init_scheme=init_scheme, name="fc_hidden")(x)
-        x = LIF(neuron, name="fc_hidden_lif")(x)
+        x = dense_lif(
+            dense(hidden_features, dtype=dtype, init_scheme=init_scheme, name="fc_hidden"),
+            LIF(neuron, name="fc_hidden_lif"),
+            x,
+        )
     return dense(num_classes, dtype=dtype, init_scheme=init_scheme, name="fc")(x).astype(
         jnp.float32
     )
