@@ -132,7 +132,7 @@ def test_parameter_tree_is_that_of_commit_40cc26e(method):
     np.testing.assert_allclose(sum_and_norm(variables), PINNED_INIT[method], rtol=1e-6)
 
 
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("remat", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ["sastc", "spatial", "layerwise"])
 def test_loss_and_gradients_are_those_of_commit_40cc26e(method, remat):
     statistics = loss_and_gradient_statistics(method, remat, ops.select("auto"), init(method))

@@ -186,6 +186,7 @@ def test_loss_options_default_to_the_paper_and_are_validated():
         configuration.validate(config)
 
 
+@pytest.mark.slow
 def test_kd_target_reaches_the_objective_of_the_built_distillation():
     config = configuration.base_config()
     config.method, config.time_steps = "kd", 2

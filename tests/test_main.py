@@ -112,7 +112,15 @@ def test_all_skips_an_existing_teacher(teacher_workdir, tmp_path):
     assert [r["stage"] for r in read_metrics(tmp_path) if r["split"] == "summary"] == ["student"]
 
 
-@pytest.mark.parametrize("method", ["ce", "kd", "layerwise", "spatial"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "ce",
+        "kd",
+        pytest.param("layerwise", marks=pytest.mark.slow),
+        pytest.param("spatial", marks=pytest.mark.slow),
+    ],
+)
 def test_every_method_distils(method, teacher_workdir, tmp_path):
     completed = cli(
         tmp_path,

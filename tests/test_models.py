@@ -208,6 +208,7 @@ def test_snn_runs_and_spikes_are_binary():
         assert float(taps[0].mean()) > 0.0
 
 
+@pytest.mark.slow
 def test_static_input_equals_repeated_event_frames():
     """Direct encoding (stem computed once, broadcast over T) equals feeding T copies."""
     model = make("convnet_snn", time_steps=3, widths=(8, 16))

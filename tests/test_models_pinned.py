@@ -81,7 +81,7 @@ def forward_and_gradients(name, remat, chosen=None):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="pinned on the CPU")
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("remat", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", ["convnet_snn", "resnet19_snn"])
 def test_numbers_are_those_of_commit_40cc26e(name, remat):
     statistics, _, _ = forward_and_gradients(name, remat)

@@ -95,6 +95,7 @@ def student_and_calibration_gradient_jaxpr(chosen: ops.Ops):
     return jax.make_jaxpr(jax.grad(loss))(params).jaxpr
 
 
+@pytest.mark.slow
 def test_xla_ops_hold_none_of_the_cpu_forms():
     jaxpr = student_and_calibration_gradient_jaxpr(ops.XLA)
     names = "\n".join(names_in(jaxpr))

@@ -112,6 +112,7 @@ def test_weight_decay_is_coupled_like_pytorch_sgd():
     assert float(new["w"][0]) == pytest.approx(2.0 - 0.1 * (1.0 + 0.5 * 2.0))
 
 
+@pytest.mark.slow
 def test_bfloat16_distillation_step_keeps_float32_parameters():
     config = configuration.base_config()
     config.dtype = "bfloat16"
