@@ -13,18 +13,18 @@ forward- and reverse-mode autodiff both use it.
 Inputs are time-major ``(T, ...)``. :func:`lif` is one ``jax.custom_jvp`` over
 the whole sequence: the forward is a loop over T that keeps only the pre-reset
 membrane ``u_t`` (float32, written over the currents' own buffer; ``s_t`` and
-``v_t`` follow from it), and the
-tangent is a second scan, linear in the input tangent, that applies the surrogate
-chain step by step (recomputing ``s_t`` and ``g(u_t - v_th)`` from ``u_t`` under
-``jax.checkpoint``). Forward mode runs that scan; reverse mode is JAX's transpose
-of it, a reverse scan whose only saved residual is ``u_t``: one float32 per
-neuron-step. A constant ``bias`` current (a dense layer's bias) can be added inside the
-forward loop, so that ``y + b`` is never stored as an array of its own. The arithmetic per step is :func:`lif_step`'s and that of its
-autodiff, so spikes are bit-identical to a scan of it and the derivatives agree
-with its autodiff (the tests assert 1e-6). Short sequences
-(T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the update with its
-neighbours; longer ones run as a loop, whose compile time does not grow with T
-(docs/performance.md has the measurements). Layers live in
+``v_t`` follow from it), and the tangent is a second scan, linear in the input
+tangent, that applies the surrogate chain step by step (recomputing ``s_t`` and
+``g(u_t - v_th)`` from ``u_t`` under ``jax.checkpoint``). Forward mode runs that
+scan; reverse mode is JAX's transpose of it, a reverse scan whose only saved
+residual is ``u_t``: one float32 per neuron-step. A constant ``bias`` current (a
+dense layer's bias) can be added inside the forward loop, so that ``y + b`` is
+never stored as an array of its own. The arithmetic per step is
+:func:`lif_step`'s and that of its autodiff, so spikes are bit-identical to a scan
+of it and the derivatives agree with its autodiff (the tests assert 1e-6). Short
+sequences (T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the update
+with its neighbours; longer ones run as a loop, whose compile time does not grow
+with T (docs/performance.md has the measurements). Layers live in
 :mod:`sastc_jax.models.layers`.
 """
 
@@ -233,9 +233,9 @@ def lif(
 
     ``bias`` (a constant current, broadcastable to one step ``currents.shape[1:]``,
     e.g. a dense layer's bias) is added to every step: ``lif(y, bias=b)`` equals
-    ``lif(y + b)``. For float32 currents the addition happens inside the loop, so
-    ``y + b`` is never stored as a ``(T, ...)`` array of its own; for other dtypes it
-    is done first, in that dtype, exactly as ``y + b``.
+    ``lif(y + b)``, dtype included. Where ``y + b`` is float32 the addition happens
+    inside the loop, so that it is never stored as a ``(T, ...)`` array of its own;
+    otherwise (bfloat16 compute) ``y + b`` is formed first.
     """
     if currents.ndim < 1:
         raise ValueError("lif expects a time-major array (T, ...); got a scalar.")
@@ -250,11 +250,11 @@ def lif(
                 f"lif's bias must broadcast to one step's shape {step_shape}; "
                 f"got shape {jnp.shape(bias)}."
             )
-        if currents.dtype != jnp.float32:
-            currents, bias = currents + jnp.asarray(bias, currents.dtype), None
+        if jnp.result_type(currents, bias) != jnp.float32:
+            return lif(currents + bias, config, return_membrane=return_membrane)
     inputs = (currents.astype(jnp.float32),)
     if bias is not None:
         inputs += (jnp.asarray(bias, jnp.float32),)
     outs = _lif_sequence(inputs, config, return_membrane)
-    spikes = outs[0].astype(currents.dtype)
+    spikes = outs[0].astype(currents.dtype if bias is None else jnp.float32)
     return (spikes, outs[1]) if return_membrane else spikes

@@ -183,12 +183,13 @@ def test_bias_inside_the_loop_equals_adding_it_first(surrogate, time_steps):
 
 
 def test_bias_shape_and_dtype():
-    currents = jnp.ones((3, 2, 4), jnp.bfloat16) * 0.7
-    bias = jnp.full((4,), 0.45, jnp.float32)
-    # Not float32: added first, in the currents' dtype, as currents + bias would be.
-    np.testing.assert_array_equal(
-        lif(currents, bias=bias), lif(currents + bias.astype(jnp.bfloat16))
-    )
+    currents = (jax.random.normal(jax.random.key(3), (3, 2, 4)) * 0.6 + 0.5).astype(jnp.bfloat16)
+    # Where currents + bias is not float32 it is formed first, as lif(currents + bias).
+    for bias in (jnp.full((4,), 0.45, jnp.bfloat16), jnp.full((4,), 0.45, jnp.float32)):
+        spikes = lif(currents, bias=bias)
+        np.testing.assert_array_equal(spikes, lif(currents + bias))
+        assert spikes.dtype == (currents + bias).dtype
+        assert 0 < float(spikes.astype(jnp.float32).mean()) < 1
     with pytest.raises(ValueError, match=r"bias must broadcast to one step's shape \(2, 4\)"):
         lif(currents, bias=jnp.ones((3, 2, 4)))
     with pytest.raises(ValueError, match=r"got shape \(5,\)"):

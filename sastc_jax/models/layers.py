@@ -237,8 +237,7 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, add_bias: bool = True) -> Array:
         """``x @ kernel + bias``; with ``add_bias=False`` only ``x @ kernel``, for a caller
-        that adds the bias itself (``LIF(...)(y, bias=dense.variables['params']['bias'])``
-        adds it inside the neuron loop, see :func:`sastc_jax.neurons.lif`)."""
+        that adds the bias itself (:func:`dense_lif` adds it inside the neuron loop)."""
         check_init_scheme(self.init_scheme)
         fan_in = x.shape[-1]
         kernel = self.param("kernel", pytorch_weight_init, (fan_in, self.features), jnp.float32)
