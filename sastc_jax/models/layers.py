@@ -4,8 +4,9 @@ Layout conventions:
 
 - ANN activations are ``(B, H, W, C)``.
 - SNN activations are time-major ``(T, B, H, W, C)``. Stateless layers (conv,
-  batch norm, pooling) run once on the merged ``(T*B, ...)`` batch; only the
-  elementwise LIF update is scanned over T (:class:`LIF`).
+  pooling) run once on the merged ``(T*B, ...)`` batch, and batch norm takes its
+  statistics over all of it; only the elementwise LIF update is scanned over T
+  (:class:`LIF`).
 
 The helpers here accept any number of leading batch dimensions and merge them
 for the duration of the call, so the same layer serves both layouts.
@@ -44,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from sastc_jax import ops as ops_lib
+from sastc_jax.models.normalization import BatchNorm
 from sastc_jax.neurons import LIFConfig, lif
 from sastc_jax.ops import Ops
 
@@ -205,18 +207,18 @@ def conv(
     )
 
 
-def batch_norm(train: bool, *, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.BatchNorm:
+def batch_norm(train: bool, *, dtype: Dtype = jnp.float32, name: str | None = None) -> BatchNorm:
     """BatchNorm with PyTorch defaults (momentum 0.1 in PyTorch terms, eps 1e-5).
 
-    Batch statistics are per device (no ``axis_name``); the trainer averages
-    ``batch_stats`` across devices explicitly.
+    Statistics over every axis but the channels (:mod:`sastc_jax.models.normalization`).
+    They are per device (no ``axis_name``); the trainer averages ``batch_stats`` across
+    devices explicitly.
     """
-    return nn.BatchNorm(
+    return BatchNorm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=BATCH_NORM_EPSILON,
         dtype=dtype,
-        param_dtype=jnp.float32,
         name=name,
     )
 
@@ -271,8 +273,9 @@ def dense(
 class ConvBN(nn.Module):
     """Bias-free conv followed by batch norm, on ``(..., H, W, C)``.
 
-    All leading dims are merged into one batch, so a time-major SNN activation
-    ``(T, B, H, W, C)`` is convolved and normalised over the merged T*B batch.
+    The conv runs on all leading dims merged into one batch; the batch norm's statistics
+    cover them all, so a time-major SNN activation ``(T, B, H, W, C)`` is convolved and
+    normalised over the T*B batch.
     """
 
     features: int
@@ -284,19 +287,19 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        def conv_bn(images: Array) -> Array:
-            y = conv(
-                self.features,
-                self.kernel_size,
-                self.stride,
-                dtype=self.dtype,
-                init_scheme=self.init_scheme,
-                ops=self.ops,
-                name="conv",
-            )(images)
-            return batch_norm(train, dtype=self.dtype, name="bn")(y)
-
-        return apply_on_images(conv_bn, x)
+        convolution = conv(
+            self.features,
+            self.kernel_size,
+            self.stride,
+            dtype=self.dtype,
+            init_scheme=self.init_scheme,
+            ops=self.ops,
+            name="conv",
+        )
+        # Normalised in the caller's layout: the statistics are the same, and a spiking
+        # layer's cotangent then reaches the batch norm without a reshape (XLA stored
+        # it twice across one).
+        return batch_norm(train, dtype=self.dtype, name="bn")(apply_on_images(convolution, x))
 
 
 class LIF(nn.Module):
