@@ -35,8 +35,12 @@ Frameworks, each size in its own process, one after the other:
   ``dt * tau_mem_inv = 0.5``, ``v_th = 1``, reset to 0) stepped over T in Python.
 
 Each process warms up once (that call's time is the "first call": compile for JAX, the
-first eager pass for PyTorch), then times ``--repeats`` calls (default 3) and reports their
-median, and its peak RSS (``ru_maxrss``). With ``--rounds R`` the whole sequence of
+first eager pass for PyTorch), then times at least ``--repeats`` calls (default 3), and
+more until the timed calls add up to ``--min-seconds`` (default 1 s), and reports their
+median, and its peak RSS (``ru_maxrss``). A call of 50 ms is thus timed 20 times: its
+first few calls after the warm-up are often slower on this machine (fresh buffers being
+paged in), and three of them alone measured that, not the steady state a training loop
+runs in. With ``--rounds R`` the whole sequence of
 processes runs R times, one round after the other, and each cell is the median of its R
 process medians (the JSON keeps every round): on this shared 2-core machine the same
 process varies by up to 1.5x from one start to the next, more than the gaps the targets
@@ -73,6 +77,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -89,13 +94,20 @@ CONV_FRAMEWORKS = (*JAX_FRAMEWORKS, "spikingjelly")
 # ------------------------------------------------------------------- timing (in the worker)
 
 
-def time_calls(call, repeats: int) -> dict:
-    """Warm-up call (its time is the first-call time), then ``repeats`` timed calls."""
+class Timing(NamedTuple):
+    """At least ``repeats`` timed calls, and more until they add up to ``min_seconds``."""
+
+    repeats: int
+    min_seconds: float
+
+
+def time_calls(call, timing: Timing) -> dict:
+    """Warm-up call (its time is the first-call time), then the timed calls of ``timing``."""
     start = time.perf_counter()
     call()
     first = time.perf_counter() - start
     times = []
-    for _ in range(repeats):
+    while len(times) < timing.repeats or sum(times) < timing.min_seconds:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
@@ -105,7 +117,7 @@ def time_calls(call, repeats: int) -> dict:
 # ------------------------------------------------------------------------ JAX workers
 
 
-def jax_dense(framework: str, n: int, steps: int, repeats: int) -> dict:
+def jax_dense(framework: str, n: int, steps: int, timing: Timing) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -119,7 +131,7 @@ def jax_dense(framework: str, n: int, steps: int, repeats: int) -> dict:
         def matmuls(weight, flat, cotangent):
             return flat @ weight, flat.T @ cotangent
 
-        return compile_and_time(matmuls, (weight, flat, cotangent), repeats)
+        return compile_and_time(matmuls, (weight, flat, cotangent), timing)
 
     import flax.linen as nn
 
@@ -140,17 +152,17 @@ def jax_dense(framework: str, n: int, steps: int, repeats: int) -> dict:
     def spike_sum(params, inputs):
         return jnp.sum(model.apply(params, inputs))
 
-    return compile_and_time(jax.grad(spike_sum), (params, inputs), repeats)
+    return compile_and_time(jax.grad(spike_sum), (params, inputs), timing)
 
 
-def compile_and_time(function, args: tuple, repeats: int) -> dict:
+def compile_and_time(function, args: tuple, timing: Timing) -> dict:
     """``jax.jit`` compile time (counted into the first call), then :func:`time_calls`."""
     import jax
 
     start = time.perf_counter()
     compiled = jax.jit(function).lower(*args).compile()
     compile_s = time.perf_counter() - start
-    record = time_calls(lambda: jax.block_until_ready(compiled(*args)), repeats)
+    record = time_calls(lambda: jax.block_until_ready(compiled(*args)), timing)
     record["compile_s"] = compile_s
     record["first_call_s"] += compile_s
     memory = compiled.memory_analysis()
@@ -181,7 +193,7 @@ def spiking_function(framework: str):
     return reference_lif
 
 
-def jax_conv(framework: str, steps: int, batch: int, repeats: int) -> dict:
+def jax_conv(framework: str, steps: int, batch: int, timing: Timing) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -209,7 +221,7 @@ def jax_conv(framework: str, steps: int, batch: int, repeats: int) -> dict:
             out, pullback = jax.vjp(lambda k: conv(k, images), kernel)
             return out, pullback(cotangent)[0]
 
-        return compile_and_time(forward_and_weight_grad, (kernel, images, cotangent), repeats)
+        return compile_and_time(forward_and_weight_grad, (kernel, images, cotangent), timing)
 
     block = layers.ConvBN(CONV_CHANNELS, init_scheme="pytorch")
     variables = block.init(jax.random.key(1), inputs)
@@ -222,10 +234,10 @@ def jax_conv(framework: str, steps: int, batch: int, repeats: int) -> dict:
         )
         return jnp.sum(spiking(currents))
 
-    return compile_and_time(jax.grad(spike_sum), (params, state, inputs), repeats)
+    return compile_and_time(jax.grad(spike_sum), (params, state, inputs), timing)
 
 
-def spyx_dense(n: int, steps: int, repeats: int) -> dict:
+def spyx_dense(n: int, steps: int, timing: Timing) -> dict:
     import jax
     import jax.numpy as jnp
     import spyx
@@ -248,7 +260,7 @@ def spyx_dense(n: int, steps: int, repeats: int) -> dict:
     def step(model, inputs):
         return nnx.grad(lambda m: jnp.sum(m(inputs)))(model)
 
-    record = time_calls(lambda: jax.block_until_ready(step(model, inputs)), repeats)
+    record = time_calls(lambda: jax.block_until_ready(step(model, inputs)), timing)
     record["version"] = spyx.__version__
     return record
 
@@ -256,7 +268,7 @@ def spyx_dense(n: int, steps: int, repeats: int) -> dict:
 # ---------------------------------------------------------------------- torch workers
 
 
-def torch_dense(framework: str, n: int, steps: int, repeats: int) -> dict:
+def torch_dense(framework: str, n: int, steps: int, timing: Timing) -> dict:
     import torch
     from torch import nn
 
@@ -327,7 +339,7 @@ def torch_dense(framework: str, n: int, steps: int, repeats: int) -> dict:
             p.grad = None
         forward().sum().backward()
 
-    record = time_calls(call, repeats)
+    record = time_calls(call, timing)
     record["version"] = version
     record["torch_threads"] = torch.get_num_threads()
     return record
@@ -345,7 +357,7 @@ def sj_lif_node(neuron):
     )
 
 
-def torch_conv(steps: int, batch: int, repeats: int) -> dict:
+def torch_conv(steps: int, batch: int, timing: Timing) -> dict:
     import torch
     from spikingjelly.activation_based import functional, layer, neuron
 
@@ -363,7 +375,7 @@ def torch_conv(steps: int, batch: int, repeats: int) -> dict:
         functional.reset_net(lif)
         lif(bn(conv(inputs))).sum().backward()
 
-    record = time_calls(call, repeats)
+    record = time_calls(call, timing)
     record["version"] = package_version("spikingjelly")
     record["torch_threads"] = torch.get_num_threads()
     return record
@@ -375,22 +387,22 @@ def package_version(name: str) -> str:
     return version(name)
 
 
-def worker(framework: str, case: str, repeats: int, conv_batch: int) -> dict:
+def worker(framework: str, case: str, timing: Timing, conv_batch: int) -> dict:
     kind, *numbers = case.split(":")
     if kind == "dense":
         n, steps = map(int, numbers)
         if framework in JAX_FRAMEWORKS:
-            record = jax_dense(framework, n, steps, repeats)
+            record = jax_dense(framework, n, steps, timing)
         elif framework == "spyx":
-            record = spyx_dense(n, steps, repeats)
+            record = spyx_dense(n, steps, timing)
         else:
-            record = torch_dense(framework, n, steps, repeats)
+            record = torch_dense(framework, n, steps, timing)
     elif kind == "conv":
         (steps,) = map(int, numbers)
         if framework in JAX_FRAMEWORKS:
-            record = jax_conv(framework, steps, conv_batch, repeats)
+            record = jax_conv(framework, steps, conv_batch, timing)
         elif framework == "spikingjelly":
-            record = torch_conv(steps, conv_batch, repeats)
+            record = torch_conv(steps, conv_batch, timing)
         else:
             raise ValueError(f"Conv rows run for {CONV_FRAMEWORKS}; got {framework!r}.")
     else:
@@ -413,6 +425,8 @@ def run_one(
         case,
         "--repeats",
         str(args.repeats),
+        "--min-seconds",
+        str(args.min_seconds),
         "--conv-batch",
         str(args.conv_batch),
     ]
@@ -528,7 +542,13 @@ def main() -> None:
         "--reference-timeout", type=float, default=60.0, help="seconds per reference process"
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls, at least")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="more timed calls until they add up to this (0: exactly --repeats)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=1, help="run every process this many times (median)"
     )
@@ -537,7 +557,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.repeats, args.conv_batch)))
+        timing = Timing(args.repeats, args.min_seconds)
+        print(json.dumps(worker(*args.worker, timing, args.conv_batch)))
         return
 
     wanted = [f for f in args.frameworks.split(",") if f]

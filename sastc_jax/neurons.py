@@ -15,16 +15,24 @@ the whole sequence: the forward is a loop over T that keeps only the pre-reset
 membrane ``u_t`` (float32, written over the currents' own buffer; ``s_t`` and
 ``v_t`` follow from it), and the tangent is a second scan, linear in the input
 tangent, that applies the surrogate chain step by step (recomputing ``s_t`` and
-``g(u_t - v_th)`` from ``u_t`` under ``jax.checkpoint``). Forward mode runs that
-scan; reverse mode is JAX's transpose of it, a reverse scan whose only saved
-residual is ``u_t``: one float32 per neuron-step. A constant ``bias`` current (a
-dense layer's bias) can be added inside the forward loop, so that ``y + b`` is
-never stored as an array of its own. The arithmetic per step is
-:func:`lif_step`'s and that of its autodiff, so spikes are bit-identical to a scan
-of it and the derivatives agree with its autodiff (the tests assert 1e-6). Short
-sequences (T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the update
-with its neighbours; longer ones run as a loop, whose compile time does not grow
-with T (docs/performance.md has the measurements). Layers live in
+``g(u_t - v_th)`` from ``u_t``). Forward mode runs that scan. Reverse mode saves
+``u_t`` alone, one float32 per neuron-step, and runs a reverse loop:
+
+- short sequences (T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the
+  update with its neighbours, and reverse mode is JAX's transpose of the tangent
+  scan (under ``jax.checkpoint``, so that it saves ``u_t`` only);
+- longer ones run as loops, whose compile time does not grow with T. There the
+  tangent map is the primitive ``lif_tangent`` with its own transpose,
+  :func:`_cotangent_loop`, which writes each step's cotangent over ``u_t`` in the
+  membrane's buffer: no second ``(T, ...)`` array and no zero fill (JAX's transpose
+  of a scan writes into a new, zeroed one). Its JVP, vmap and lowering rules let it
+  compose with every JAX transformation, ``shard_map`` included.
+
+A constant ``bias`` current (a dense layer's bias) can be added inside the forward
+loop, so that ``y + b`` is never stored as an array of its own. The arithmetic per
+step is :func:`lif_step`'s and that of its autodiff, so spikes are bit-identical
+to a scan of it and the derivatives agree with its autodiff (the tests assert
+1e-6). docs/performance.md has the measurements. Layers live in
 :mod:`sastc_jax.models.layers`.
 """
 
@@ -35,7 +43,9 @@ import functools
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
+from jax.interpreters import ad, batching, mlir
 
 Array = jax.Array
 
@@ -213,7 +223,122 @@ def _lif_sequence_jvp(config, with_membrane, primals, tangents):
     membrane = _membrane_scan(*_currents_and_bias(inputs), config)
     out = _outputs(membrane, config, with_membrane)
     currents_dot, bias_dot = _currents_and_bias(inputs_dot)
-    return out, _tangent_scan(membrane, currents_dot, bias_dot, config, with_membrane)
+    if membrane.shape[0] <= FULL_UNROLL_MAX_T:
+        return out, _tangent_scan(membrane, currents_dot, bias_dot, config, with_membrane)
+    # The loop form: reverse mode runs _cotangent_loop, through _lif_tangent_p's transpose.
+    # The bias tangent is added first; its cotangent is then one sum of the currents'.
+    if bias_dot is not None:
+        currents_dot = currents_dot + bias_dot
+    tangents_out = _lif_tangent_p.bind(
+        membrane, currents_dot, config=config, with_membrane=with_membrane
+    )
+    return out, tuple(tangents_out)
+
+
+# ------------------------------------------------- the loop form's tangent as a primitive
+#
+# JAX's transpose of the tangent scan writes the currents' cotangent into a new, zero-filled
+# (T, ...) buffer, while the membrane it reads is dead once read. _lif_tangent_p is that
+# tangent map (membrane, currents_dot) -> (spikes_dot[, membrane_dot]) with its own
+# transpose, _cotangent_loop, which writes each step's cotangent over the membrane's buffer:
+# the backward pass then holds one float32 per neuron-step and no zero fill. It is linear in
+# currents_dot; its JVP, batching and lowering rules make it compose like any JAX op (the
+# lowering and the JVP in the membrane are those of _tangent_scan).
+
+
+def _tangent_map(membrane: Array, currents_dot: Array, *, config: LIFConfig, with_membrane: bool):
+    return list(_tangent_scan(membrane, currents_dot, None, config, with_membrane))
+
+
+def _cotangent_loop(
+    membrane: Array, spikes_bar: Array, membrane_bar: Array | None, config: LIFConfig
+) -> Array:
+    """The transpose of :func:`_tangent_scan` in ``currents_dot`` (no bias): its cotangent.
+
+    A reverse loop over t; per step, with ``later_bar`` the cotangent of ``u_dot`` at t + 1::
+
+        v_bar = tau * later_bar
+        s_bar = spikes_bar[t] - u_t * v_bar                 (through the reset)
+        u_bar = v_bar * (1 - s_t) + g(u_t - v_th) * s_bar (+ membrane_bar[t])
+
+    ``u_bar`` is the cotangent of ``currents_dot[t]``, written over ``u_t`` in
+    ``membrane``'s buffer (read and written at one index, so XLA updates it in place).
+    """
+
+    # The carry is u_bar itself, not tau * u_bar: with the scaled value carried, XLA fused
+    # the step's arithmetic into each of its consumers, each reading the buffer at t, and
+    # then copied the whole buffer every step (the LIF forward and backward at T=500, B=16,
+    # N=512: 394 against 4.9 ms).
+    def step(index, carry):
+        later_bar, buffer = carry
+        t = membrane.shape[0] - 1 - index
+        u = jax.lax.dynamic_index_in_dim(buffer, t, keepdims=False)
+        v_bar = config.tau * later_bar
+        s_bar = jax.lax.dynamic_index_in_dim(spikes_bar, t, keepdims=False) - u * v_bar
+        slope = surrogate_gradient(config.surrogate, config.width, u - config.v_threshold)
+        u_bar = v_bar * (1.0 - _spike(u, config)) + slope * s_bar
+        if membrane_bar is not None:
+            u_bar = u_bar + jax.lax.dynamic_index_in_dim(membrane_bar, t, keepdims=False)
+        return u_bar, jax.lax.dynamic_update_index_in_dim(buffer, u_bar, t, 0)
+
+    carry_init = (jnp.zeros_like(membrane[0]), membrane)
+    return jax.lax.fori_loop(0, membrane.shape[0], step, carry_init)[1]
+
+
+def _lif_tangent_abstract_eval(membrane, currents_dot, *, config, with_membrane):
+    # The outputs are typed as currents_dot, the float32 tangent of the currents that made
+    # the membrane: the same shape and, under shard_map, the same varying manual axes.
+    del membrane, config
+    return [currents_dot] * (2 if with_membrane else 1)
+
+
+def _lif_tangent_transpose(cotangents, membrane, currents_dot, *, config, with_membrane):
+    if ad.is_undefined_primal(membrane):
+        raise ValueError("lif's tangent map is linear in the currents' tangent only.")
+    spikes_bar = ad.instantiate_zeros(cotangents[0])
+    membrane_bar = None
+    if with_membrane and type(cotangents[1]) is not ad.Zero:
+        membrane_bar = cotangents[1]
+    return [None, _cotangent_loop(membrane, spikes_bar, membrane_bar, config)]
+
+
+def _lif_tangent_jvp(primals, tangents, *, config, with_membrane):
+    """Linear in ``currents_dot``; the derivative in the membrane is _tangent_scan's."""
+    membrane, currents_dot = primals
+    membrane_dot, currents_dot_dot = tangents
+    params = {"config": config, "with_membrane": with_membrane}
+    out = _lif_tangent_p.bind(membrane, currents_dot, **params)
+    out_dot = _lif_tangent_p.bind(membrane, ad.instantiate_zeros(currents_dot_dot), **params)
+    if type(membrane_dot) is not ad.Zero:
+        _, through_membrane = jax.jvp(
+            lambda m: _tangent_map(m, currents_dot, **params), (membrane,), (membrane_dot,)
+        )
+        out_dot = [a + b for a, b in zip(out_dot, through_membrane, strict=True)]
+    return out, out_dot
+
+
+def _lif_tangent_batch(args, dims, *, config, with_membrane):
+    """vmap: the mapped axis goes right after time, where the loop treats it as a neuron."""
+    size = next(arg.shape[dim] for arg, dim in zip(args, dims, strict=True) if dim is not None)
+
+    def time_then_mapped(arg, dim):
+        if dim is None:
+            return jnp.broadcast_to(arg[:, None], (arg.shape[0], size, *arg.shape[1:]))
+        return jnp.moveaxis(arg, dim, 1)
+
+    membrane, currents_dot = map(time_then_mapped, args, dims)
+    out = _lif_tangent_p.bind(membrane, currents_dot, config=config, with_membrane=with_membrane)
+    return out, [1] * len(out)
+
+
+_lif_tangent_p = jax.extend.core.Primitive("lif_tangent")
+_lif_tangent_p.multiple_results = True
+_lif_tangent_p.def_impl(_tangent_map)
+_lif_tangent_p.def_abstract_eval(_lif_tangent_abstract_eval)
+mlir.register_lowering(_lif_tangent_p, mlir.lower_fun(_tangent_map, multiple_results=True))
+ad.primitive_jvps[_lif_tangent_p] = _lif_tangent_jvp
+ad.primitive_transposes[_lif_tangent_p] = _lif_tangent_transpose
+batching.primitive_batchers[_lif_tangent_p] = _lif_tangent_batch
 
 
 def lif(

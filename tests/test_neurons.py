@@ -8,7 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sastc_jax.neurons import SURROGATES, LIFConfig, heaviside, lif, lif_step
+from sastc_jax.neurons import (
+    FULL_UNROLL_MAX_T,
+    SURROGATES,
+    LIFConfig,
+    heaviside,
+    lif,
+    lif_step,
+)
 
 
 def reference_lif(currents, config=LIFConfig(), unroll=None):
@@ -196,10 +203,12 @@ def test_bias_shape_and_dtype():
         lif(currents, bias=jnp.ones(5))
 
 
-def test_reverse_mode_saves_only_the_membrane():
-    # The residuals of jax.vjp: u_t (one float32 per neuron-step) plus one step's zeros,
-    # against three per neuron-step (s_t, u_t and the surrogate slope) for the plain scan.
-    currents = jax.random.normal(jax.random.key(0), (50, 4, 16)) + 0.6
+@pytest.mark.parametrize("time_steps", [4, 50])
+def test_reverse_mode_saves_only_the_membrane(time_steps):
+    # The residuals of jax.vjp: u_t (one float32 per neuron-step; the unrolled form also
+    # one step's zeros), against two or more per neuron-step (s_t, u_t, the surrogate
+    # slope) for the plain scan.
+    currents = jax.random.normal(jax.random.key(0), (time_steps, 4, 16)) + 0.6
 
     def residual_bytes(function):
         _, pullback = jax.vjp(function, currents)
@@ -207,9 +216,81 @@ def test_reverse_mode_saves_only_the_membrane():
         return sum(leaf.nbytes for leaf in leaves)
 
     one_float, one_step = currents.size * 4, currents[0].size * 4
-    assert residual_bytes(lif) == one_float + one_step
-    assert residual_bytes(lambda c: lif(c, return_membrane=True)) == one_float + one_step
+    membrane_only = one_float if time_steps > FULL_UNROLL_MAX_T else one_float + one_step
+    assert residual_bytes(lif) == membrane_only
+    assert residual_bytes(lambda c: lif(c, return_membrane=True)) == membrane_only
     assert residual_bytes(lambda c: reference_lif(c)[0]) >= 2 * one_float
+
+
+def test_the_backward_loop_writes_over_the_membrane():
+    # XLA's temporaries for jit(grad) at T = 50: the currents' cotangent is written over
+    # u_t, in the buffer the gradient is returned in, so less than a quarter of one
+    # (T, B, N) float32 array; JAX's own transpose of the tangent scan needs a whole one
+    # more (a new, zero-filled buffer for the cotangent).
+    currents = jax.random.normal(jax.random.key(0), (50, 16, 128)) + 0.6
+    bias = jnp.zeros(128)
+
+    def temp_bytes(loss, *args):
+        compiled = jax.jit(jax.grad(loss, range(len(args)))).lower(*args).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    def spike_total(c, b):
+        return jnp.sum(lif(c, bias=b))
+
+    def reference_spike_total(c, b):
+        return jnp.sum(reference_lif(c + b)[0])
+
+    assert temp_bytes(spike_total, currents, bias) < currents.nbytes / 4
+    assert temp_bytes(reference_spike_total, currents, bias) >= currents.nbytes
+
+
+def test_loop_form_under_vmap_jacobians_hessian_and_shard_map():
+    # T = 20 runs the loop form, whose reverse mode is its own transpose: every JAX
+    # transformation composes with it and agrees with the reference scan.
+    config = LIFConfig.default_for("sigmoid")
+    currents = jax.random.normal(jax.random.key(4), (20, 3, 6)) * 0.8 + 0.6
+    bias = jax.random.normal(jax.random.key(5), (6,)) * 0.2
+
+    def loss(run):
+        return lambda c, b: jnp.sum(jnp.sin(run(c, b)[1]) * (1.0 + run(c, b)[0]))
+
+    ours = loss(lambda c, b: lif(c, config, bias=b, return_membrane=True))
+    reference = loss(lambda c, b: reference_lif(c + b, config))
+    grads = jax.grad(ours, (0, 1))(currents, bias)
+    for got, want in zip(grads, jax.grad(reference, (0, 1))(currents, bias), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    # vmap of grad over the batch axis equals the batched gradient, per example.
+    per_example = jax.vmap(jax.grad(ours), in_axes=(1, None), out_axes=1)(currents, bias)
+    np.testing.assert_allclose(per_example, grads[0], rtol=1e-6, atol=1e-7)
+
+    one_neuron = currents[:, 0, 0]
+    spikes_of = functools.partial(lif, config=config)
+    np.testing.assert_allclose(
+        jax.jacfwd(spikes_of)(one_neuron), jax.jacrev(spikes_of)(one_neuron), rtol=1e-6, atol=1e-7
+    )
+    hessian = jax.hessian(lambda c: ours(c, bias[0]))(one_neuron)
+    ref_hessian = jax.hessian(lambda c: reference(c, bias[0]))(one_neuron)
+    assert np.abs(ref_hessian).max() > 0
+    np.testing.assert_allclose(hessian, ref_hessian, rtol=1e-5, atol=1e-6)
+
+    # Under shard_map the currents vary over the mesh axis and the bias does not.
+    mesh = jax.make_mesh((1,), ("data",))
+    specs = (jax.P(None, "data"), jax.P())
+    sharded = [
+        jax.device_put(x, jax.NamedSharding(mesh, p))
+        for x, p in zip((currents, bias), specs, strict=True)
+    ]
+
+    def per_device(c, b):
+        currents_grad, bias_grad = jax.grad(ours, (0, 1))(c, b)
+        return currents_grad, jax.lax.psum(bias_grad, "data")
+
+    sharded_grads = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=specs))(
+        *sharded
+    )
+    for got, want in zip(sharded_grads, grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_forward_mode_jacobian_and_bfloat16_gradients():
