@@ -225,8 +225,8 @@ def test_reverse_mode_saves_only_the_membrane(time_steps):
 def test_the_backward_loop_writes_over_the_membrane():
     # XLA's temporaries for jit(grad) at T = 50: the currents' cotangent is written over
     # u_t, in the buffer the gradient is returned in, so less than a quarter of one
-    # (T, B, N) float32 array; JAX's own transpose of the tangent scan needs a whole one
-    # more (a new, zero-filled buffer for the cotangent).
+    # (T, B, N) float32 array; JAX's autodiff of the scan of lif_step needs a whole one
+    # or more (its saved values, and a new, zero-filled buffer for the cotangent).
     currents = jax.random.normal(jax.random.key(0), (50, 16, 128)) + 0.6
     bias = jnp.zeros(128)
 
