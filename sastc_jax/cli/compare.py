@@ -1,5 +1,6 @@
 """``python -m sastc_jax.compare --config=configs/X_compare.py --workdir=DIR``: the method
-comparison (:mod:`sastc_jax.compare`). Flags of its own: ``--train`` and ``--phases``."""
+comparison (:mod:`sastc_jax.compare`). Flags of its own: ``--train``, ``--phases`` and
+``--commit_records``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ PHASES = flags.DEFINE_list(
     list(compare.PHASES),
     f"Phases that may train, comma-separated: a subset of {', '.join(compare.PHASES)}.",
 )
+COMMIT_RECORDS = flags.DEFINE_bool(
+    "commit_records",
+    False,
+    "git-commit each finished run's record (summary, metrics, analysis, diagnosis; no "
+    "student checkpoint), the teacher with its checksum, the choices and the results, as "
+    "soon as each exists, in the repository that holds --workdir.",
+)
 flags.register_validator(
     PHASES.name,
     lambda phases: set(phases) <= set(compare.PHASES),
@@ -41,7 +49,13 @@ def main(argv: Sequence[str]) -> int:
     jax.config.update("jax_compilation_cache_dir", str(workdir / "compilation_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     try:
-        compare.run(shared.CONFIG.value, workdir, train_runs=TRAIN.value, phases=PHASES.value)
+        compare.run(
+            shared.CONFIG.value,
+            workdir,
+            train_runs=TRAIN.value,
+            phases=PHASES.value,
+            on_record=compare.git_commit if COMMIT_RECORDS.value else None,
+        )
     except train.Preempted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 143
@@ -58,4 +72,4 @@ def main(argv: Sequence[str]) -> int:
 
 def run() -> None:
     """The program: parse sys.argv, exit with :func:`main`'s status."""
-    shared.run(main, [shared.CONFIG, shared.WORKDIR, TRAIN, PHASES], __doc__)
+    shared.run(main, [shared.CONFIG, shared.WORKDIR, TRAIN, PHASES, COMMIT_RECORDS], __doc__)

@@ -46,11 +46,20 @@ for the teacher (0 = whole epochs).
 
 from sastc_jax.compare.phases import (
     analyse_run,
+    diagnose_calibration,
     doubling_check,
+    finish_run,
+    read_analysis,
     run,
     run_sweeps,
     sweep,
     sweeps_complete,
+)
+from sastc_jax.compare.records import (
+    checkpoint_digest,
+    git_commit,
+    run_record_paths,
+    verify_teacher_checksum,
 )
 from sastc_jax.compare.report import (
     CSV_FIELDS,
@@ -86,12 +95,17 @@ __all__ = [
     "SUMMARY",
     "Row",
     "analyse_run",
+    "checkpoint_digest",
     "comparison_rows",
     "comparison_settings",
+    "diagnose_calibration",
     "doubling_check",
     "final_validation_accuracy",
+    "finish_run",
+    "git_commit",
     "method_table",
     "paired_differences",
+    "read_analysis",
     "read_diverged",
     "read_summary",
     "result_rows",
@@ -99,6 +113,7 @@ __all__ = [
     "run",
     "run_config",
     "run_name",
+    "run_record_paths",
     "run_sweeps",
     "student_config",
     "sweep",
@@ -107,6 +122,7 @@ __all__ = [
     "teacher_config",
     "train_run",
     "validation_curve",
+    "verify_teacher_checksum",
     "write_csv",
     "write_results",
 ]

@@ -4,11 +4,12 @@ analysis of every student and the results (:func:`run`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sastc_jax import analyze, parallel
+from sastc_jax import analyze, diagnose, losses, parallel
+from sastc_jax.compare import records
 from sastc_jax.compare.report import write_results
 from sastc_jax.compare.runs import (
     PHASES,
@@ -26,7 +27,15 @@ from sastc_jax.compare.runs import (
 
 
 def sweep(
-    config, workdir: Path, mesh, rows: list[Row], kind: str, choices: dict, *, train_runs: bool
+    config,
+    workdir: Path,
+    mesh,
+    rows: list[Row],
+    kind: str,
+    choices: dict,
+    *,
+    train_runs: bool,
+    finish: Callable[[str], Any] | None = None,
 ) -> dict[str, Any] | None:
     """One validation sweep (``kind`` = 'learning_rate' or 'beta'): its runs, each value's
     final validation accuracy and the value chosen (the highest; the first on a tie).
@@ -46,6 +55,8 @@ def sweep(
         if train_runs:
             cfg = student_config(config, workdir, row, seed, {**choices, kind: value})
             train_run(cfg, workdir, mesh, name)
+            if finish is not None:
+                finish(name)
         if read_diverged(run_dir) is not None:
             diverged.append(f"{value:g}")
             continue
@@ -67,14 +78,25 @@ def sweep(
     }
 
 
-def run_sweeps(config, workdir: Path, mesh, rows, *, train_runs: bool) -> dict[str, Any]:
+def run_sweeps(
+    config,
+    workdir: Path,
+    mesh,
+    rows,
+    *,
+    train_runs: bool,
+    finish: Callable[[str], Any] | None = None,
+    on_record: records.RecordHook | None = None,
+) -> dict[str, Any]:
     """The learning-rate sweep, then the beta sweep at the chosen learning rate; writes and
     returns ``DIR/choices.json`` (``{'learning_rate': ..., 'beta': ..., 'sweeps': ...}``)."""
     path = workdir / "choices.json"
     choices: dict[str, Any] = {}
     sweeps = {}
     for kind in ("learning_rate", "beta"):
-        result = sweep(config, workdir, mesh, rows, kind, choices, train_runs=train_runs)
+        result = sweep(
+            config, workdir, mesh, rows, kind, choices, train_runs=train_runs, finish=finish
+        )
         if result is None:
             if config.compare.get(f"{kind}_sweep", {}).get("candidates"):
                 break  # an unfinished sweep: nothing after it is chosen
@@ -82,7 +104,11 @@ def run_sweeps(config, workdir: Path, mesh, rows, *, train_runs: bool) -> dict[s
         sweeps[kind] = result
         choices[kind] = result["chosen"]
     record = {**choices, "sweeps": sweeps}
-    path.write_text(json.dumps(record, indent=2))
+    text = json.dumps(record, indent=2)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+        if on_record is not None and train_runs and sweeps:
+            on_record([path], "compare: the validation choices")
     return record
 
 
@@ -95,7 +121,14 @@ def sweeps_complete(config, choices: dict) -> bool:
 
 
 def doubling_check(
-    config, workdir: Path, mesh, rows, choices, *, train_runs: bool
+    config,
+    workdir: Path,
+    mesh,
+    rows,
+    choices,
+    *,
+    train_runs: bool,
+    finish: Callable[[str], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``config.compare.doubling`` on its seed at ``factor`` x the epochs: final
     validation accuracy against the table's run of the same seed."""
@@ -111,6 +144,8 @@ def doubling_check(
         if train_runs:
             cfg = student_config(config, workdir, by_name[name], seed, choices, factor)
             train_run(cfg, workdir, mesh, longer)
+            if finish is not None:
+                finish(longer)
         base_dir, long_dir = workdir / "runs" / run_name(name, seed), workdir / "runs" / longer
         if read_diverged(base_dir) is not None or read_diverged(long_dir) is not None:
             results.append({"row": name, "seed": seed, "factor": factor, "diverged": True})
@@ -140,11 +175,15 @@ def run(
     train_runs: bool = True,
     analyse: bool = True,
     phases: Sequence[str] = PHASES,
+    on_record: records.RecordHook | None = None,
 ) -> list[dict[str, Any]]:
     """Teacher, sweeps, every (row, seed) run, the doubling check, analyses and results.
 
     ``train_runs=False`` trains nothing: the results cover the runs already finished.
-    ``phases`` (a subset of :data:`PHASES`) says which phases may train.
+    ``phases`` (a subset of :data:`PHASES`) says which phases may train. Each run is
+    analysed (and diagnosed, when calibrated) as soon as it finishes, while its checkpoint
+    is there; ``on_record(paths, message)`` then receives its record files (and the
+    teacher's, the choices', the results'), e.g. :func:`records.git_commit`.
     """
     unknown = [phase for phase in phases if phase not in PHASES]
     if unknown:
@@ -153,6 +192,10 @@ def run(
     mesh = parallel.make_mesh()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    def finish(name: str) -> None:
+        finish_run(workdir, name, mesh, analyse=analyse, on_record=on_record)
+
     if train_runs and "sweeps" not in phases and {"table", "doubling"} & set(phases):
         finished = run_sweeps(config, workdir, mesh, rows_config, train_runs=False)
         if not sweeps_complete(config, finished):
@@ -162,40 +205,53 @@ def run(
                 "(--phases=sweeps, or all phases)."
             )
     if train_runs:
-        teacher = train_teacher(config, workdir, mesh)
+        teacher = train_teacher(config, workdir, mesh, on_record)
     else:
         teacher = read_summary(workdir / "teacher")
         if teacher is None:
             raise FileNotFoundError(f"No finished teacher in {workdir / 'teacher'}.")
+        teacher = {**teacher, "sha256": records.verify_teacher_checksum(workdir / "teacher")}
+    sweeping = train_runs and "sweeps" in phases
     choices = run_sweeps(
-        config, workdir, mesh, rows_config, train_runs=train_runs and "sweeps" in phases
+        config,
+        workdir,
+        mesh,
+        rows_config,
+        train_runs=sweeping,
+        finish=finish,
+        on_record=on_record,
     )
     chosen = {k: choices[k] for k in ("learning_rate", "beta") if k in choices}
     table_ready = sweeps_complete(config, choices)
-    runs, diverged = [], []
+    runs, diverged, missing = [], [], []
     # Seed-major: a comparison stopped early has every row for the seeds it finished.
     for seed in seeds:
         for row in rows_config:
-            run_dir = workdir / "runs" / run_name(row.name, seed)
+            if seed not in row.seeds:
+                continue
+            name = run_name(row.name, seed)
+            run_dir = workdir / "runs" / name
             if train_runs and "table" in phases and table_ready:
                 cfg = student_config(config, workdir, row, seed, chosen)
-                summary = train_run(cfg, workdir, mesh, run_name(row.name, seed))
+                summary = train_run(cfg, workdir, mesh, name)
+                finish(name)
             else:
                 summary = read_summary(run_dir) or read_diverged(run_dir)
                 if summary is None:
+                    missing.append(name)
                     continue
             if summary.get("diverged"):
                 diverged.append({"row": row.name, "seed": seed, "error": summary["error"]})
                 continue
+            curve = validation_curve(run_dir)
             runs.append(
                 {
                     "row": row.name,
                     "method": row.method,
                     "seed": seed,
                     "summary": summary,
-                    "final_validation_accuracy": (
-                        validation_curve(run_dir)[-1][1] if validation_curve(run_dir) else ""
-                    ),
+                    "final_validation_accuracy": curve[-1][1] if curve else "",
+                    "analysis": read_analysis(run_dir),
                 }
             )
     doubling = doubling_check(
@@ -205,19 +261,50 @@ def run(
         rows_config,
         chosen,
         train_runs=train_runs and "doubling" in phases and table_ready,
+        finish=finish,
     )
-    if analyse:
-        for entry in runs:
-            entry["analysis"] = analyse_run(workdir, run_name(entry["row"], entry["seed"]), mesh)
     if runs:
-        write_results(config, workdir, runs, teacher, choices, doubling, diverged)
+        write_results(config, workdir, runs, teacher, choices, doubling, diverged, missing)
+        if on_record is not None and train_runs:
+            on_record(records.comparison_record_paths(workdir), "compare: the results so far")
     return runs
+
+
+def finish_run(
+    workdir: Path,
+    name: str,
+    mesh,
+    *,
+    analyse: bool = True,
+    on_record: records.RecordHook | None = None,
+) -> None:
+    """After ``DIR/runs/<name>`` finished: its analysis, its diagnosis (calibrated methods),
+    then ``on_record`` with its record files. A diverged run is only recorded."""
+    run_dir = workdir / "runs" / name
+    summary = read_summary(run_dir)
+    if summary is not None and analyse:
+        analyse_run(workdir, name, mesh)
+        if summary.get("method") in losses.CALIBRATED_METHODS:
+            diagnose_calibration(run_dir, mesh)
+    if on_record is not None and (summary is not None or read_diverged(run_dir) is not None):
+        on_record(records.run_record_paths(run_dir), f"compare: {name} finished")
+
+
+def read_analysis(run_dir: Path) -> dict[str, Any] | None:
+    """The analysis a finished run left (``analysis.json``), ``None`` when it has none."""
+    path = run_dir / analyze.ANALYSIS
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def analyse_run(workdir: Path, name: str, mesh) -> dict[str, Any]:
     """The analysis of one finished run (computed once, then read from ``analysis.json``)."""
     run_dir = workdir / "runs" / name
-    path = run_dir / analyze.ANALYSIS
+    return read_analysis(run_dir) or analyze.analyze_run(run_dir, mesh=mesh)
+
+
+def diagnose_calibration(run_dir: Path, mesh) -> dict[str, Any]:
+    """The diagnosis of one finished calibrated run (computed once, then read)."""
+    path = run_dir / diagnose.DIAGNOSIS
     if path.exists():
         return json.loads(path.read_text())
-    return analyze.analyze_run(run_dir, mesh=mesh)
+    return diagnose.diagnose_run(run_dir, mesh=mesh)

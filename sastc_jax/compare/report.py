@@ -103,7 +103,13 @@ def results_markdown(table, teacher: dict[str, Any], setup: str) -> str:
         "",
         setup,
         "",
-        f"Teacher ({teacher['model']}): test accuracy {100 * teacher['final_accuracy']:.2f}%.",
+        f"Teacher ({teacher['model']}): test accuracy {100 * teacher['final_accuracy']:.2f}%"
+        + (
+            f", best validation {100 * teacher['best_validation_accuracy']:.2f}%"
+            if teacher.get("best_validation_accuracy")
+            else ""
+        )
+        + (f"; checkpoint SHA-256 `{teacher['sha256']}`." if teacher.get("sha256") else "."),
         "",
         "| row | method | seeds | test acc. final (%) | test acc. at best validation (%) "
         "| gap to teacher (pp) | firing rate | SOPs / image | energy vs teacher | s / run |",
@@ -262,6 +268,33 @@ def describe_setup(config, training_seconds: float, choices: dict[str, Any]) -> 
     )
 
 
+def teacher_margin_markdown(teacher_validation: float | None, rows, baseline: str) -> str:
+    """The teacher's final validation accuracy against the mean of row ``baseline``'s."""
+    values = [
+        row["final_validation_accuracy"]
+        for row in rows
+        if row["row"] == baseline and row["final_validation_accuracy"] != ""
+    ]
+    if teacher_validation is None or not values:
+        return ""
+    mean = float(np.mean(values))
+    return (
+        f"Teacher margin on validation: the teacher's final validation accuracy "
+        f"{100 * teacher_validation:.2f}% against the mean final validation accuracy of "
+        f"`{baseline}` {100 * mean:.2f}% ({len(values)} seed(s)): "
+        f"{100 * (teacher_validation - mean):+.2f} pp.\n"
+    )
+
+
+def missing_markdown(missing: Sequence[str]) -> str:
+    """The line that says which table runs have not finished (a partial table)."""
+    if not missing:
+        return ""
+    return (
+        f"**Partial table:** {len(missing)} run(s) have not finished yet: {', '.join(missing)}.\n"
+    )
+
+
 def diverged_markdown(diverged: list[dict[str, Any]]) -> str:
     if not diverged:
         return ""
@@ -271,9 +304,16 @@ def diverged_markdown(diverged: list[dict[str, Any]]) -> str:
 
 
 def write_results(
-    config, workdir: Path, runs, teacher: dict[str, Any], choices, doubling, diverged=()
+    config,
+    workdir: Path,
+    runs,
+    teacher: dict[str, Any],
+    choices,
+    doubling,
+    diverged=(),
+    missing: Sequence[str] = (),
 ):
-    rows_config, seeds = comparison_settings(config)
+    rows_config, _ = comparison_settings(config)
     names = [row.name for row in rows_config]
     rows = result_rows(runs, config.time_steps)
     write_csv(rows, config.time_steps, workdir / "results.csv")
@@ -293,6 +333,7 @@ def write_results(
         summary["seconds"] for summary in map(read_summary, directories) if summary
     )
     markdown = results_markdown(table, teacher, describe_setup(config, training_seconds, choices))
+    teacher_curve = validation_curve(workdir / "teacher")
     headline = analyze.headline_markdown(
         {run_name(r["row"], r["seed"]): r["analysis"] for r in runs if r.get("analysis")}
     )
@@ -300,6 +341,10 @@ def write_results(
         part
         for part in (
             markdown,
+            teacher_margin_markdown(
+                teacher_curve[-1][1] if teacher_curve else None, rows, names[0]
+            ),
+            missing_markdown(missing),
             paired_markdown(differences),
             choices_markdown(choices, doubling),
             diverged_markdown(list(diverged)),
@@ -309,14 +354,17 @@ def write_results(
     (workdir / "results.md").write_text(text + "\n" + headline)
     (workdir / "paired.json").write_text(json.dumps(differences, indent=2))
     plot_comparison(rows, names, teacher["final_accuracy"], workdir / "comparison.png")
-    curves = {name: validation_curve(workdir / "runs" / run_name(name, seeds[0])) for name in names}
+    curves = {
+        row.name: validation_curve(workdir / "runs" / run_name(row.name, row.seeds[0]))
+        for row in rows_config
+    }
     for entry in doubling:
         name = run_name(entry["row"], entry["seed"], f"x{entry['factor']}")
         curves[name] = validation_curve(workdir / "runs" / name)
     if any(curves.values()):
         plot_validation_curves(curves, workdir / "validation_curves.png")
     for row in rows_config:
-        heat_map = workdir / "runs" / run_name(row.name, seeds[0]) / "attention.png"
+        heat_map = workdir / "runs" / run_name(row.name, row.seeds[0]) / "attention.png"
         if row.method in losses.CALIBRATED_METHODS and heat_map.exists():
             (workdir / f"attention_{row.name}.png").write_bytes(heat_map.read_bytes())
     return rows, table, differences

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from sastc_jax import configuration, losses, metrics, train
+from sastc_jax.compare import records
 
 SUMMARY = "summary.json"
 # A run whose loss went non-finite (or whose parameter norm blew up) leaves this record
@@ -23,11 +24,12 @@ PHASES = ("sweeps", "table", "doubling")
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One row of the table: ``method`` with ``overrides`` (a nested dict merged into the
-    run config, e.g. ``{'loss': {'kd_target': 'per_step'}}``)."""
+    run config, e.g. ``{'loss': {'kd_target': 'per_step'}}``), trained for ``seeds``."""
 
     name: str
     method: str
     overrides: dict = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
 
 
 def run_name(row: str, seed: int, tag: str = "") -> str:
@@ -64,12 +66,39 @@ def comparison_rows(config: ml_collections.ConfigDict) -> list[Row]:
     return rows
 
 
-def comparison_settings(config: ml_collections.ConfigDict) -> tuple[list[Row], list[int]]:
-    """The rows and seeds of ``config.compare``, checked."""
-    rows = comparison_rows(config)
-    seeds = [int(s) for s in config.compare.seeds]
+def _distinct_seeds(values, where: str) -> tuple[int, ...]:
+    seeds = tuple(int(s) for s in values)
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"config.compare.seeds = {seeds} must be distinct and non-empty.")
+        raise ValueError(f"{where} = {list(seeds)} must be distinct and non-empty.")
+    return seeds
+
+
+def comparison_settings(config: ml_collections.ConfigDict) -> tuple[list[Row], list[int]]:
+    """The rows of ``config.compare`` with their seeds, and every seed any row uses (in
+    order: ``config.compare.seeds``, then the others), checked.
+
+    A row trains ``config.compare.seeds`` unless ``config.compare.row_seeds[row]`` names
+    its own (e.g. five seeds for the cheap rows, three for the costly ones).
+    """
+    default = _distinct_seeds(config.compare.seeds, "config.compare.seeds")
+    row_seeds = plain_dict(config.compare.get("row_seeds"))
+    rows = comparison_rows(config)
+    unknown = sorted(set(row_seeds) - {row.name for row in rows})
+    if unknown:
+        raise ValueError(
+            f"config.compare.row_seeds names {unknown}, which are not rows of "
+            f"config.compare.rows = {[row.name for row in rows]}."
+        )
+    rows = [
+        dataclasses.replace(
+            row,
+            seeds=_distinct_seeds(row_seeds[row.name], f"config.compare.row_seeds.{row.name}")
+            if row.name in row_seeds
+            else default,
+        )
+        for row in rows
+    ]
+    seeds = list(default) + sorted({s for row in rows for s in row.seeds} - set(default))
     by_name = {row.name: row for row in rows}
     for first, second in config.compare.get("paired", ()):
         if first not in by_name or second not in by_name:
@@ -181,17 +210,30 @@ def student_config(
     return copy
 
 
-def train_teacher(config, workdir: Path, mesh) -> dict[str, Any]:
-    """Train the shared teacher once; its summary is kept in ``DIR/teacher/summary.json``."""
-    summary_path = workdir / "teacher" / SUMMARY
+def train_teacher(
+    config, workdir: Path, mesh, on_record: records.RecordHook | None = None
+) -> dict[str, Any]:
+    """Train the shared teacher once, or check the finished one against its checksum.
+
+    ``DIR/teacher`` keeps its summary, config, metrics, final checkpoint and the
+    checkpoint's SHA-256 (``checksum.json``); ``on_record`` receives those files.
+    """
+    teacher_dir = workdir / "teacher"
+    summary_path = teacher_dir / SUMMARY
     if summary_path.exists():
-        return json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text())
+        checksum = records.verify_teacher_checksum(teacher_dir)
+        return {**summary, "sha256": checksum} if checksum else summary
     cfg = teacher_config(config, workdir)
     configuration.validate(cfg, device_count=mesh.size)
-    logger = metrics.MetricsLogger(workdir / "teacher")
+    logger = metrics.MetricsLogger(teacher_dir)
     summary = train.train_teacher(cfg, workdir, mesh, logger)
+    (teacher_dir / "config.json").write_text(_config_text(cfg))
     summary_path.write_text(json.dumps(summary, indent=2))
-    return summary
+    checksum = records.write_teacher_checksum(teacher_dir)["sha256"]
+    if on_record is not None:
+        on_record(records.teacher_record_paths(teacher_dir), "compare: the teacher finished")
+    return {**summary, "sha256": checksum}
 
 
 def _config_text(cfg: ml_collections.ConfigDict) -> str:
