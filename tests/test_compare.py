@@ -35,6 +35,7 @@ def tiny_config(data_dir):
     config.log_every_steps = 1
     config.compare.rows = ("ce", "sastc")
     config.compare.seeds = (0,)
+    config.compare.row_seeds = {}
     config.compare.paired = (("sastc", "ce"),)
     config.compare.learning_rate_sweep.candidates = ()
     config.compare.beta_sweep.candidates = ()

@@ -230,6 +230,8 @@ def train_teacher(
     summary = train.train_teacher(cfg, workdir, mesh, logger)
     (teacher_dir / "config.json").write_text(_config_text(cfg))
     summary_path.write_text(json.dumps(summary, indent=2))
+    if not (teacher_dir / "final").is_dir():
+        return summary  # no final checkpoint: nothing to record or checksum
     checksum = records.write_teacher_checksum(teacher_dir)["sha256"]
     if on_record is not None:
         on_record(records.teacher_record_paths(teacher_dir), "compare: the teacher finished")

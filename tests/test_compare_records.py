@@ -1,0 +1,146 @@
+"""What a comparison keeps of its runs: per-row seeds, the teacher's checksum, the git
+commit of each finished record, and a comparison continued from a fresh clone of the
+repository alone (nothing retrained, the table rebuilt without student checkpoints)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_compare import tiny_config
+from test_data_static import write_fashion_dir
+
+from sastc_jax import compare, train
+from sastc_jax.compare import records
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def init_repo(repo: Path) -> Path:
+    repo.mkdir(parents=True, exist_ok=True)
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "test")
+    (repo / "README").write_text("repository\n")
+    git(repo, "add", "README")
+    git(repo, "commit", "-qm", "first")
+    return repo
+
+
+def test_rows_take_their_own_seeds_and_unknown_rows_are_refused(tmp_path):
+    config = tiny_config(tmp_path)
+    config.compare.seeds = (0, 1)
+    config.compare.row_seeds = {"ce": (0, 1, 2, 3)}
+    rows, seeds = compare.comparison_settings(config)
+    assert {row.name: row.seeds for row in rows} == {"ce": (0, 1, 2, 3), "sastc": (0, 1)}
+    assert seeds == [0, 1, 2, 3]
+    config.compare.row_seeds = {"kd": (0,)}
+    with pytest.raises(ValueError, match=r"row_seeds names \['kd'\], which are not rows"):
+        compare.comparison_settings(config)
+    config.compare.row_seeds = {"ce": (2, 2)}
+    with pytest.raises(ValueError, match=r"config\.compare\.row_seeds\.ce = \[2, 2\]"):
+        compare.comparison_settings(config)
+
+
+def test_teacher_checksum_detects_a_changed_or_missing_checkpoint(tmp_path):
+    teacher = tmp_path / "teacher"
+    (teacher / "final" / "state").mkdir(parents=True)
+    (teacher / "final" / "state" / "weights").write_bytes(b"\x00\x01\x02")
+    (teacher / "final" / "metadata").write_text("{}")
+    record = records.write_teacher_checksum(teacher)
+    assert records.verify_teacher_checksum(teacher) == record["sha256"]
+    assert len(record["sha256"]) == 64
+    (teacher / "final" / "state" / "weights").write_bytes(b"\x00\x01\x03")
+    with pytest.raises(ValueError, match=r"not the teacher the finished runs distilled from"):
+        records.verify_teacher_checksum(teacher)
+    (teacher / "final" / "state" / "weights").unlink()
+    (teacher / "final" / "metadata").unlink()
+    (teacher / "final" / "state").rmdir()
+    (teacher / "final").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"teacher checkpoint .*final is missing"):
+        records.verify_teacher_checksum(teacher)
+    (teacher / records.TEACHER_CHECKSUM).unlink()
+    assert records.verify_teacher_checksum(teacher) is None
+
+
+def test_git_commit_commits_exactly_the_records(tmp_path):
+    repo = init_repo(tmp_path / "repo")
+    (repo / ".gitignore").write_text("results/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "ignore results")
+    run_dir = repo / "results" / "runs" / "ce_seed0"
+    (run_dir / "student" / "latest").mkdir(parents=True)
+    (run_dir / "student" / "latest" / "state").write_bytes(b"checkpoint")
+    (run_dir / "summary.json").write_text('{"final_accuracy": 0.5}')
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    (repo / "other.txt").write_text("staged, not committed by the recorder\n")
+    git(repo, "add", "other.txt")
+
+    assert records.run_record_paths(run_dir) == [
+        run_dir / "summary.json",
+        run_dir / "metrics.jsonl",
+    ]
+    assert records.git_commit(records.run_record_paths(run_dir), "compare: ce_seed0 finished")
+    committed = git(repo, "show", "--name-only", "--format=%s", "HEAD").split()
+    assert committed[:3] == ["compare:", "ce_seed0", "finished"]
+    assert sorted(committed[3:]) == [
+        "results/runs/ce_seed0/metrics.jsonl",
+        "results/runs/ce_seed0/summary.json",
+    ]
+    assert git(repo, "diff", "--cached", "--name-only").split() == ["other.txt"]
+    assert not records.git_commit(records.run_record_paths(run_dir), "unchanged")
+
+
+@pytest.mark.slow
+def test_a_committed_comparison_continues_from_a_fresh_clone(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    write_fashion_dir(tmp_path / "data", n_train=80, n_test=20)
+    config = tiny_config(tmp_path / "data")
+    repo = init_repo(tmp_path / "repo")
+    (repo / "results").mkdir()
+    (repo / "results" / ".gitignore").write_text("/*\n!/.gitignore\n")
+    git(repo, "add", "results/.gitignore")
+    git(repo, "commit", "-qm", "results folder")
+
+    compare.run(config, repo / "results" / "fashion", on_record=records.git_commit)
+    tracked = git(repo, "ls-files", "results/fashion").split()
+    assert "results/fashion/teacher/checksum.json" in tracked
+    assert any(name.startswith("results/fashion/teacher/final/") for name in tracked)
+    for run in ("ce_seed0", "sastc_seed0"):
+        for name in ("summary.json", "metrics.jsonl", "analysis.json", "config.json"):
+            assert f"results/fashion/runs/{run}/{name}" in tracked
+    assert "results/fashion/runs/sastc_seed0/diagnosis.json" in tracked
+    assert "results/fashion/runs/ce_seed0/diagnosis.json" not in tracked
+    assert not any("/student/" in name or "compilation_cache" in name for name in tracked)
+    assert "results/fashion/results.md" in tracked
+    assert git(repo, "status", "--porcelain") == ""
+
+    # Another machine: a clone of the repository alone. Nothing is trained again.
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    workdir = clone / "results" / "fashion"
+    assert not (workdir / "runs" / "ce_seed0" / "student").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a committed finished run was trained again")
+
+    monkeypatch.setattr(train, "train_student", no_training)
+    monkeypatch.setattr(train, "train_teacher", no_training)
+    runs = compare.run(config, workdir)
+    assert [(r["row"], r["analysis"] is not None) for r in runs] == [
+        ("ce", True),
+        ("sastc", True),
+    ]
+
+    # --notrain with one more seed configured: the partial table says what is missing.
+    config.compare.seeds = (0, 1)
+    compare.run(config, workdir, train_runs=False)
+    markdown = (workdir / "results.md").read_text()
+    assert "2 run(s) have not finished yet: ce_seed1, sastc_seed1" in markdown
+    teacher_sha = json.loads((workdir / "teacher" / "checksum.json").read_text())["sha256"]
+    assert f"checkpoint SHA-256 `{teacher_sha}`" in markdown
+    assert (workdir / "comparison.png").exists() and (workdir / "attention_sastc.png").exists()
