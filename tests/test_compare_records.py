@@ -117,6 +117,11 @@ def test_a_committed_comparison_continues_from_a_fresh_clone(tmp_path, monkeypat
     assert "results/fashion/runs/ce_seed0/diagnosis.json" not in tracked
     assert not any("/student/" in name or "compilation_cache" in name for name in tracked)
     assert "results/fashion/results.md" in tracked
+    for run in ("ce_seed0", "sastc_seed0"):
+        summary = json.loads(
+            (repo / "results" / "fashion" / "runs" / run / "summary.json").read_text()
+        )
+        assert summary["cpu_seconds"] > 0 and summary["seconds"] > 0
     assert git(repo, "status", "--porcelain") == ""
 
     # Another machine: a clone of the repository alone. Nothing is trained again.

@@ -24,6 +24,7 @@ CSV_FIELDS = (
     "best_validation_accuracy",
     "final_validation_accuracy",
     "seconds",
+    "cpu_seconds",
     "images_per_second",
     "firing_rate",
     "sops_per_image",
@@ -45,6 +46,7 @@ def result_rows(runs: list[dict[str, Any]], time_steps: int) -> list[dict[str, A
             "best_validation_accuracy": summary.get("best_validation_accuracy", ""),
             "final_validation_accuracy": run.get("final_validation_accuracy", ""),
             "seconds": summary["seconds"],
+            "cpu_seconds": summary.get("cpu_seconds", ""),
             "images_per_second": summary["images_per_second"],
             "firing_rate": analysis.get("firing_rate", {}).get("network", ""),
             "sops_per_image": analysis.get("operations", {}).get("student_sops", ""),
@@ -82,7 +84,7 @@ def method_table(rows: list[dict[str, Any]], names: Sequence[str], teacher_accur
         for key in ("final_test_accuracy", "best_validation_test_accuracy"):
             entry[key] = mean_std([row[key] for row in own])
         entry["gap"] = teacher_accuracy - entry["final_test_accuracy"][0]
-        for key in ("firing_rate", "sops_per_image", "energy_ratio", "seconds"):
+        for key in ("firing_rate", "sops_per_image", "energy_ratio", "seconds", "cpu_seconds"):
             values = [row[key] for row in own if row[key] != ""]
             entry[key] = mean_std(values) if values else None
         table.append(entry)
@@ -112,8 +114,9 @@ def results_markdown(table, teacher: dict[str, Any], setup: str) -> str:
         + (f"; checkpoint SHA-256 `{teacher['sha256']}`." if teacher.get("sha256") else "."),
         "",
         "| row | method | seeds | test acc. final (%) | test acc. at best validation (%) "
-        "| gap to teacher (pp) | firing rate | SOPs / image | energy vs teacher | s / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| gap to teacher (pp) | firing rate | SOPs / image | energy vs teacher | s / run "
+        "| CPU s / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in table:
         lines.append(
@@ -121,7 +124,8 @@ def results_markdown(table, teacher: dict[str, Any], setup: str) -> str:
             f"| {_pct(entry['final_test_accuracy'])} "
             f"| {_pct(entry['best_validation_test_accuracy'])} | {100 * entry['gap']:.2f} "
             f"| {_first(entry['firing_rate'])} | {_first(entry['sops_per_image'])} "
-            f"| {_first(entry['energy_ratio'])} | {_first(entry['seconds'], 4)} |"
+            f"| {_first(entry['energy_ratio'])} | {_first(entry['seconds'], 4)} "
+            f"| {_first(entry['cpu_seconds'], 4)} |"
         )
     lines += [
         "",
@@ -129,7 +133,9 @@ def results_markdown(table, teacher: dict[str, Any], setup: str) -> str:
         "student accuracy. Firing rate: spikes per neuron per time step over the test split "
         "(network average). Energy vs teacher: the student's estimate (first layer MACs x "
         "4.6 pJ + SOPs x 0.9 pJ) over the teacher's (MACs x 4.6 pJ). s / run: training "
-        "wall-clock of one run.",
+        "wall-clock of one run; CPU s / run: the process's CPU seconds over that training "
+        "(the last invocation's share when a run was resumed). Wall-clock depends on what "
+        "else ran on the machine; CPU seconds much less.",
         "",
     ]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,9 @@ def train_teacher(
     cfg = teacher_config(config, workdir)
     configuration.validate(cfg, device_count=mesh.size)
     logger = metrics.MetricsLogger(teacher_dir)
+    started = time.process_time()
     summary = train.train_teacher(cfg, workdir, mesh, logger)
+    summary["cpu_seconds"] = time.process_time() - started
     (teacher_dir / "config.json").write_text(_config_text(cfg))
     summary_path.write_text(json.dumps(summary, indent=2))
     if not (teacher_dir / "final").is_dir():
@@ -276,8 +279,10 @@ def train_run(cfg, workdir: Path, mesh, name: str) -> dict[str, Any]:
     (run_dir / "config.json").write_text(text)
     logger = metrics.MetricsLogger(run_dir)
     logger.info(f"[compare] {name} in {run_dir}")
+    started = time.process_time()
     try:
         summary = train.train_student(cfg, run_dir, mesh, logger)
+        summary["cpu_seconds"] = time.process_time() - started
     except train.NonFiniteLossError as error:
         record = {"diverged": True, "error": str(error)}
         (run_dir / DIVERGED).write_text(json.dumps(record, indent=2))
