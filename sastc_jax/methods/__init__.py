@@ -4,10 +4,12 @@ A method is a composition of loss terms (:mod:`sastc_jax.methods.terms`) with, w
 has one, a feature calibration strategy and its own weights. Adding one is one module
 that calls :func:`register_method`, imported below:
 
-- :mod:`~sastc_jax.methods.sastc`: ``ce``, ``kd``, ``layerwise``, ``spatial``, ``sastc``.
+- :mod:`~sastc_jax.methods.sastc`: ``ce``, ``kd``, ``layerwise``, ``spatial``, ``sastc``;
+- :mod:`~sastc_jax.methods.tdkd`: ``tdkd``, ``sastc_tdkd``.
 """
 
 from sastc_jax.methods import sastc as _sastc  # noqa: F401  (registers its methods)
+from sastc_jax.methods import tdkd as _tdkd  # noqa: F401
 from sastc_jax.methods.registry import (
     DEFAULT_WEIGHTS,
     REPORTED_PARTS,
