@@ -4,6 +4,13 @@ A config names the dataset, the teacher (architecture + checkpoint), the student
 T, the neuron, the method, the loss weights, one optimiser block per stage, the
 batch, epochs, the eval/checkpoint cadence and the seed. Every field can be
 overridden on the command line as ``--config.a.b=value``.
+
+``config.method`` is a registered method (:mod:`sastc_jax.methods`). ``config.loss``
+holds the shared weights (gamma, alpha_kd, temperature, kd_target, beta) and, for each
+method with weights of its own, the section ``config.loss.<section>`` with the defaults
+its module declares (``config.loss.tdkd``: alpha 0.2, beta_self 0.5, temperature 3), so
+``method='tdkd'`` alone trains with tdkd's defaults while ``kd`` and ``sastc`` keep
+theirs (tau 4, alpha_kd 1).
 """
 
 from __future__ import annotations
