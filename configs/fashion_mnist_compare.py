@@ -62,10 +62,12 @@ def get_config():
             "ce",
             "kd",
             "kd_per_step",
+            "tdkd",
             "layerwise",
             "spatial",
             "sastc",
             "sastc_scaled",
+            "sastc_tdkd",
             "sastc_released",
         ),
         variants=dict(
@@ -92,7 +94,7 @@ def get_config():
         ),
         seeds=(0, 1, 2),
         row_seeds={
-            **{row: CHEAP_SEEDS for row in ("ce", "kd", "kd_per_step")},
+            **{row: CHEAP_SEEDS for row in ("ce", "kd", "kd_per_step", "tdkd")},
             "sastc_released": (0,),
         },
         paired=(
@@ -101,6 +103,9 @@ def get_config():
             ("kd", "ce"),
             ("kd_per_step", "kd"),
             ("sastc_scaled", "sastc"),
+            ("tdkd", "kd"),
+            ("tdkd", "sastc"),
+            ("sastc_tdkd", "tdkd"),
         ),
         learning_rate_sweep=dict(row="ce", seed=0, candidates=(0.05, 0.1, 0.2, 0.5)),
         beta_sweep=dict(row="sastc", seed=0, candidates=(10.0, 30.0, 100.0, 800.0)),

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sastc_jax import checkpoints, losses, models, parallel, plots, train
+from sastc_jax import checkpoints, models, parallel, param_tree, plots, train
 from sastc_jax.models.layers import Dense
 from sastc_jax.train import step as step_lib
 
@@ -182,7 +182,7 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     sample = np.zeros((test.batch_size, *test.input_shape), np.float32)
     parts = train.build_distillation(config, test.num_classes, sample)
     teacher = parts.teacher or train.build_teacher(config, test.num_classes)
-    calibrated = config.method in losses.CALIBRATED_METHODS
+    calibrated = parts.calibrator is not None
     teacher_vars = None  # the attention needs the trained teacher; its MACs only shapes
     if calibrated:
         teacher_vars, _ = train.load_teacher(
@@ -191,16 +191,14 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
         teacher_vars = jax.device_get(teacher_vars)
 
     layer_kinds: dict[str, str] = {}  # filled while tracing
-    student_pass = make_student_pass(
-        student, teacher, parts.calibrator if calibrated else None, layer_kinds
-    )
+    student_pass = make_student_pass(student, teacher, parts.calibrator, layer_kinds)
     totals, attention_sum, entropy_sum, attention_examples = None, 0.0, 0.0, 0
     for batch in test.epoch(0):
         mask = batch["mask"]
         out = jax.device_get(
             student_pass(
                 variables,
-                run.state["params"].get("calibration"),
+                param_tree.calibration_params(run.state["params"]),
                 teacher_vars,
                 batch["image"],
                 batch["label"],

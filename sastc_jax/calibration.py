@@ -6,12 +6,14 @@ K = teacher taps, d = attention embedding size (B // 4 by default).
 - student taps ``F_s[i]``: ``(T, B, H_i, W_i, C_i)``;
 - teacher taps ``F_a[j]``: ``(B, H_j, W_j, C_j)``, treated as constants.
 
-Methods:
+Strategies (:class:`Strategy`, passed to :class:`Calibration`):
 
-- ``sastc``: attention over teacher taps per sample, time step and student tap;
-- ``spatial``: the same without a time index (student taps averaged over T
+- :data:`SASTC`: attention over teacher taps per sample, time step and student tap;
+- :data:`SPATIAL`: the same without a time index (student taps averaged over T
   first, so the attention has a time axis of length 1);
-- ``layerwise``: fixed pairs i <-> i with weight 1 at every step (needs S == K).
+- :data:`LAYERWISE`: fixed pairs i <-> i with weight 1 at every step (needs S == K).
+
+The functions take a strategy or its name (``method='sastc'``).
 
 The notebook entry points are :func:`init_calibration` and :func:`calibration_loss`.
 
@@ -29,6 +31,7 @@ uniform in +-1/sqrt(fan_in), batch norm scale 1 and bias 0.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -36,12 +39,74 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sastc_jax import losses
 from sastc_jax.models.layers import Dense, ops_field
 from sastc_jax.ops import Ops
 from sastc_jax.regressors import Regressor, RegressorGroup, align_pair
 
 Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """How a calibration weighs its (student tap, teacher tap) pairs.
+
+    Attributes:
+      name: what configs and messages call it.
+      attention: learn an attention over the teacher taps (query / key MLPs, every pair
+        has a regressor); off: fixed pairs i <-> i with weight 1 (needs S == K).
+      over_time: one attention per time step; off: the student taps are averaged over T
+        first, so the attention and the errors have a time axis of length 1.
+    """
+
+    name: str
+    attention: bool = True
+    over_time: bool = True
+
+    def pairs(self, num_student: int, num_teacher: int) -> list[tuple[int, int]]:
+        """The (student, teacher) tap pairs that get a regressor."""
+        if not self.attention:
+            return [(i, i) for i in range(num_student)]
+        return [(i, j) for i in range(num_student) for j in range(num_teacher)]
+
+    def student_view(self, student_taps: Sequence[Array]) -> Sequence[Array]:
+        """The student taps the pairs compare: as they are, or their mean over T."""
+        if self.over_time:
+            return student_taps
+        return [jnp.mean(tap, axis=0, keepdims=True) for tap in student_taps]
+
+    def validate(self, student_shapes, teacher_shapes, batch_size: int, embed_dim) -> None:
+        """Raise ``ValueError`` for taps or a batch this strategy cannot calibrate."""
+        if not self.attention and len(student_shapes) != len(teacher_shapes):
+            raise ValueError(
+                f"The {self.name!r} calibration pairs student tap i with teacher tap i, so it "
+                f"needs as many student taps as teacher taps; got S={len(student_shapes)}, "
+                f"K={len(teacher_shapes)}. Use an attention calibration "
+                f"({', '.join(repr(s.name) for s in STRATEGIES.values() if s.attention)}), "
+                "or models with equal tap counts."
+            )
+        if self.attention and embed_dim is None and batch_size < 4:
+            raise ValueError(
+                f"The calibration batch (per-device batch) is {batch_size}, but the attention "
+                "embedding d = B // 4 needs B >= 4. Use a per-device batch of at least 4 "
+                "(global batch >= 4 x device count) or set embed_dim explicitly."
+            )
+
+
+SASTC = Strategy("sastc")
+SPATIAL = Strategy("spatial", over_time=False)
+LAYERWISE = Strategy("layerwise", attention=False)
+STRATEGIES = {strategy.name: strategy for strategy in (LAYERWISE, SPATIAL, SASTC)}
+
+
+def get_strategy(method: str | Strategy) -> Strategy:
+    """The strategy itself, or the one of this name (``ValueError`` for an unknown one)."""
+    if isinstance(method, Strategy):
+        return method
+    if method not in STRATEGIES:
+        raise ValueError(
+            f"Unknown calibration method {method!r}; choose one of {tuple(STRATEGIES)}."
+        )
+    return STRATEGIES[method]
 
 
 def similarity(features: Array) -> Array:
@@ -75,7 +140,7 @@ class Calibration(nn.Module):
       student_shapes: per student tap ``(H, W, C)``.
       teacher_shapes: per teacher tap ``(H, W, C)``.
       batch_size: the calibration batch B (MLP input size); every call must use it.
-      method: ``'sastc'``, ``'spatial'`` or ``'layerwise'``.
+      strategy: :data:`SASTC`, :data:`SPATIAL` or :data:`LAYERWISE` (:class:`Strategy`).
       embed_dim: d; ``None`` means ``batch_size // 4``.
       dtype: compute dtype of the regressor convolutions.
       remat: recompute each regressor group's activations in the backward pass
@@ -87,13 +152,14 @@ class Calibration(nn.Module):
         initialised to ``log(attention_scale)``); off, the module has no such parameter.
 
     ``__call__(student_taps, teacher_taps)`` returns ``(loss, attention)`` with
-    attention ``(T', B, S, K)``; T' = T for ``sastc``/``layerwise``, 1 for ``spatial``.
+    attention ``(T', B, S, K)``; T' = 1 for a strategy that is not ``over_time``
+    (``spatial``), T otherwise.
     """
 
     student_shapes: Sequence[tuple[int, int, int]]
     teacher_shapes: Sequence[tuple[int, int, int]]
     batch_size: int
-    method: str = "sastc"
+    strategy: Strategy = SASTC
     embed_dim: int | None = None
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
@@ -103,19 +169,15 @@ class Calibration(nn.Module):
 
     def pairs(self) -> list[tuple[int, int]]:
         """The (student, teacher) tap pairs that get a regressor."""
-        if self.method == "layerwise":
-            return [(i, i) for i in range(len(self.student_shapes))]
-        return [
-            (i, j) for i in range(len(self.student_shapes)) for j in range(len(self.teacher_shapes))
-        ]
+        return self.strategy.pairs(len(self.student_shapes), len(self.teacher_shapes))
 
     def setup(self):
         validate_calibration(
-            self.student_shapes, self.teacher_shapes, self.batch_size, self.method, self.embed_dim
+            self.student_shapes, self.teacher_shapes, self.batch_size, self.strategy, self.embed_dim
         )
         validate_attention_scale(self.attention_scale)
         embed_dim = self.embed_dim or self.batch_size // 4
-        if self.method != "layerwise":
+        if self.strategy.attention:
             self.query_mlps = [EmbeddingMLP(embed_dim) for _ in self.student_shapes]
             self.key_mlps = [EmbeddingMLP(embed_dim) for _ in self.teacher_shapes]
             if self.learn_attention_scale:
@@ -150,7 +212,7 @@ class Calibration(nn.Module):
 
     def scale(self) -> Array | float:
         """The attention scale ``s``: ``exp(log_scale)`` when learned, else the fixed one."""
-        if self.learn_attention_scale and self.method != "layerwise":
+        if self.learn_attention_scale and self.strategy.attention:
             return jnp.exp(self.log_scale)
         return self.attention_scale
 
@@ -158,7 +220,7 @@ class Calibration(nn.Module):
         """Attention ``alpha`` of shape ``(T, B, S, K)``: ``softmax_j(s * <q, k>)``."""
         steps, batch = student_taps[0].shape[:2]
         num_student, num_teacher = len(student_taps), len(teacher_taps)
-        if self.method == "layerwise":
+        if not self.strategy.attention:
             eye = jnp.eye(num_student, num_teacher, dtype=jnp.float32)
             return jnp.broadcast_to(eye, (steps, batch, num_student, num_teacher))
         queries = jnp.stack(
@@ -207,9 +269,8 @@ class Calibration(nn.Module):
         self, student_taps: Sequence[Array], teacher_taps: Sequence[Array]
     ) -> tuple[Array, Array]:
         """The pair errors and the attention, both ``(T', B, S, K)``, whose weighted mean is
-        the loss (``T' = 1`` for 'spatial', which averages the student taps over time)."""
-        if self.method == "spatial":
-            student_taps = [jnp.mean(tap, axis=0, keepdims=True) for tap in student_taps]
+        the loss (``T' = 1`` when the strategy averages the student taps over time)."""
+        student_taps = self.strategy.student_view(student_taps)
         return self.pair_errors(student_taps, teacher_taps), self.attention(
             student_taps, teacher_taps
         )
@@ -228,31 +289,20 @@ class Calibration(nn.Module):
 
 
 def validate_calibration(
-    student_shapes, teacher_shapes, batch_size: int, method: str, embed_dim: int | None
+    student_shapes,
+    teacher_shapes,
+    batch_size: int,
+    method: str | Strategy,
+    embed_dim: int | None,
 ) -> None:
-    """Raise ``ValueError`` for a calibration set-up the method cannot run."""
-    if method not in losses.CALIBRATED_METHODS:
-        raise ValueError(
-            f"Unknown calibration method {method!r}; choose one of {losses.CALIBRATED_METHODS}."
-        )
+    """Raise ``ValueError`` for a calibration set-up the strategy cannot run."""
+    strategy = get_strategy(method)
     if not student_shapes or not teacher_shapes:
         raise ValueError(
             "Calibration needs at least one student tap and one teacher tap; "
             f"got {len(student_shapes)} student and {len(teacher_shapes)} teacher."
         )
-    if method == "layerwise" and len(student_shapes) != len(teacher_shapes):
-        raise ValueError(
-            "The 'layerwise' baseline pairs student tap i with teacher tap i, so it needs "
-            f"as many student taps as teacher taps; got S={len(student_shapes)}, "
-            f"K={len(teacher_shapes)}. Use method 'sastc' or 'spatial', or models with equal "
-            "tap counts."
-        )
-    if method != "layerwise" and embed_dim is None and batch_size < 4:
-        raise ValueError(
-            f"The calibration batch (per-device batch) is {batch_size}, but the attention "
-            "embedding d = B // 4 needs B >= 4. Use a per-device batch of at least 4 "
-            "(global batch >= 4 x device count) or set embed_dim explicitly."
-        )
+    strategy.validate(student_shapes, teacher_shapes, batch_size, embed_dim)
     if embed_dim is not None and embed_dim < 1:
         raise ValueError(f"embed_dim must be >= 1; got {embed_dim}.")
 
@@ -304,7 +354,7 @@ def calibration_module(
     student_taps: Sequence[Array],
     teacher_taps: Sequence[Array],
     *,
-    method: str = "sastc",
+    method: str | Strategy = "sastc",
     embed_dim: int | None = None,
     dtype: jnp.dtype = jnp.float32,
     remat: bool = False,
@@ -312,13 +362,14 @@ def calibration_module(
     learn_attention_scale: bool = False,
     ops: Ops | None = None,
 ) -> Calibration:
-    """The :class:`Calibration` module matching these taps (batch from the student taps);
-    ``ops=None``: the module's default, ``ops.select('auto')``."""
+    """The :class:`Calibration` module matching these taps (batch from the student taps)
+    for ``method`` (a :class:`Strategy` or its name); ``ops=None``: the module's default,
+    ``ops.select('auto')``."""
     return Calibration(
         student_shapes=tuple(_tap_shape(tap) for tap in student_taps),
         teacher_shapes=tuple(_tap_shape(tap) for tap in teacher_taps),
         batch_size=int(student_taps[0].shape[1]),
-        method=method,
+        strategy=get_strategy(method),
         embed_dim=embed_dim,
         dtype=dtype,
         remat=remat,
@@ -333,7 +384,7 @@ def init_calibration(
     student_taps: Sequence[Array],
     teacher_taps: Sequence[Array],
     *,
-    method: str = "sastc",
+    method: str | Strategy = "sastc",
     embed_dim: int | None = None,
     attention_scale: float = 1.0,
     learn_attention_scale: bool = False,
@@ -363,7 +414,7 @@ def calibration_loss(
     student_taps: Sequence[Array],
     teacher_taps: Sequence[Array],
     *,
-    method: str = "sastc",
+    method: str | Strategy = "sastc",
     embed_dim: int | None = None,
     dtype: jnp.dtype = jnp.float32,
     attention_scale: float = 1.0,
@@ -376,7 +427,7 @@ def calibration_loss(
       variables: from :func:`init_calibration` (``{'params': ...}``).
       student_taps: S arrays ``(T, B, H_i, W_i, C_i)``.
       teacher_taps: K arrays ``(B, H_j, W_j, C_j)``; no gradient flows into them.
-      method: ``'sastc'`` | ``'spatial'`` | ``'layerwise'``.
+      method: ``'sastc'`` | ``'spatial'`` | ``'layerwise'``, or a :class:`Strategy`.
       attention_scale, learn_attention_scale: as :class:`Calibration` (SPEC §3b); a
         learned scale is read from ``variables`` (``log_scale``).
       ops: the convolution forms (:mod:`sastc_jax.ops`); ``None``: ``select('auto')``.
@@ -400,11 +451,10 @@ def calibration_loss(
     return module.apply(variables, student_taps, teacher_taps)
 
 
-def regressor_macs(student_shapes, teacher_shapes, method: str = "sastc") -> int:
+def regressor_macs(student_shapes, teacher_shapes, method: str | Strategy = "sastc") -> int:
     """Multiply-accumulates of all regressors for one image and one time step."""
-    module = Calibration(tuple(student_shapes), tuple(teacher_shapes), batch_size=4, method=method)
     total = 0
-    for i, j in module.pairs():
+    for i, j in get_strategy(method).pairs(len(student_shapes), len(teacher_shapes)):
         (h_s, w_s, c_s), (h_t, w_t, c_t) = student_shapes[i], teacher_shapes[j]
         area = min(h_s, h_t) * min(w_s, w_t)
         total += area * (9 * c_s * 2 * c_t + 2 * c_t * c_t)
@@ -412,10 +462,16 @@ def regressor_macs(student_shapes, teacher_shapes, method: str = "sastc") -> int
 
 
 __all__ = [
+    "LAYERWISE",
+    "SASTC",
+    "SPATIAL",
+    "STRATEGIES",
     "Calibration",
     "EmbeddingMLP",
+    "Strategy",
     "calibration_loss",
     "calibration_module",
+    "get_strategy",
     "init_calibration",
     "regressor_macs",
     "similarity",

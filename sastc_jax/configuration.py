@@ -4,14 +4,24 @@ A config names the dataset, the teacher (architecture + checkpoint), the student
 T, the neuron, the method, the loss weights, one optimiser block per stage, the
 batch, epochs, the eval/checkpoint cadence and the seed. Every field can be
 overridden on the command line as ``--config.a.b=value``.
+
+``config.method`` is a registered method (:mod:`sastc_jax.methods`). ``config.loss``
+holds the shared weights (gamma, alpha_kd, temperature, kd_target, beta) and, for each
+method with weights of its own, the section ``config.loss.<section>`` with the defaults
+its module declares (``config.loss.tdkd``: alpha 0.2, beta_self 0.5, temperature 3), so
+``method='tdkd'`` alone trains with tdkd's defaults while ``kd`` and ``sastc`` keep
+theirs (tau 4, alpha_kd 1).
 """
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
-from sastc_jax import data, losses, models, neurons, ops
+from sastc_jax import data, methods, models, neurons, ops
 from sastc_jax.interop import pytorch
+from sastc_jax.methods.terms import KD_TARGETS
 from sastc_jax.models.layers import INIT_SCHEMES
 
 STAGES = ("teacher", "distill", "all", "evaluate")
@@ -124,7 +134,13 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.method = "sastc"  # 'ce' | 'kd' | 'layerwise' | 'spatial' | 'sastc'
+    # A registered method (sastc_jax.methods): 'ce' | 'kd' | 'layerwise' | 'spatial' |
+    # 'sastc' | ...
+    config.method = "sastc"
+    # The shared weights: gamma (cross-entropy), alpha_kd and temperature (tau_kd) of the
+    # KD term, beta (the calibration term). A method whose terms need weights of their own
+    # reads them from its section config.loss.<section> (sastc_jax.methods.WeightSection),
+    # filled below with the defaults its module declares; the shared weights keep theirs.
     config.loss = ml_collections.ConfigDict(
         dict(gamma=1.0, alpha_kd=1.0, beta=800.0, temperature=4.0)
     )
@@ -133,6 +149,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss.kd_target = "mean"
     config.loss.attention_scale = 1.0
     config.loss.learn_attention_scale = False
+    for section in methods.weight_sections():
+        config.loss[section.name] = ml_collections.ConfigDict(section.defaults())
     config.calibration = ml_collections.ConfigDict(dict(embed_dim=0))  # 0 = B // 4
     # Blow-ups that stay finite (train.TrainLog; docs/running.md, "Guards").
     config.guards = ml_collections.ConfigDict(
@@ -192,7 +210,7 @@ def _validate_choices(config: ml_collections.ConfigDict) -> None:
         )
     _choice("dtype", config.dtype, DTYPES)
     _choice("ops", config.get("ops", "auto"), ops.NAMES)
-    _choice("method", config.method, losses.METHODS)
+    _choice("method", config.method, methods.method_names())
     _choice("dataset.name", config.dataset.name, DATASETS)
     _choice("dataset.source", config.dataset.source, data.SOURCES[config.dataset.name])
     _choice("dataset.bad_examples", config.dataset.get("bad_examples", "error"), BAD_EXAMPLES)
@@ -233,20 +251,48 @@ def _validate_models(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_loss(config: ml_collections.ConfigDict) -> None:
-    """The fields of ``config.loss``."""
-    loss_fields = (*losses.LossWeights._fields, "attention_scale", "learn_attention_scale")
+    """The fields of ``config.loss``: the shared weights, the attention scale and the
+    sections of the registered methods' own weights."""
+    shared = [field for field in methods.LossWeights._fields if field != "sections"]
+    sections = {section.name: section for section in methods.weight_sections()}
+    loss_fields = (*shared, "attention_scale", "learn_attention_scale", *sections)
     if unknown := sorted(set(config.loss) - set(loss_fields)):
         raise ValueError(
             f"config.loss has unknown field(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(loss_fields)}."
         )
-    _choice("loss.kd_target", config.loss.get("kd_target", "mean"), losses.KD_TARGETS)
+    for name, section in sections.items():
+        if name in config.loss:
+            _validate_weight_section(name, config.loss[name], section.defaults())
+    _choice("loss.kd_target", config.loss.get("kd_target", "mean"), KD_TARGETS)
     scale = config.loss.get("attention_scale", 1.0)
     if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
         raise ValueError(
             f"config.loss.attention_scale = {scale!r}; allowed: a finite number > 0 "
             "(1 = the paper's unscaled attention)."
         )
+
+
+def _validate_weight_section(name: str, values, defaults: dict) -> None:
+    """A method's own weights: known fields, each a finite number >= 0 (a temperature > 0)."""
+    if not isinstance(values, ml_collections.ConfigDict):
+        raise ValueError(
+            f"config.loss.{name} = {values!r}; allowed: a section with the fields "
+            f"{', '.join(defaults)}."
+        )
+    if unknown := sorted(set(values) - set(defaults)):
+        raise ValueError(
+            f"config.loss.{name} has unknown field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(defaults)}."
+        )
+    for field, value in values.items():
+        lowest = "> 0" if field == "temperature" else ">= 0"
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+        valid = valid and math.isfinite(value) and (value > 0 if lowest == "> 0" else value >= 0)
+        if not valid:
+            raise ValueError(
+                f"config.loss.{name}.{field} = {value!r}; allowed: a finite number {lowest}."
+            )
 
 
 def _validate_optimizers(config: ml_collections.ConfigDict, device_count: int | None) -> None:
@@ -270,7 +316,7 @@ def _validate_optimizers(config: ml_collections.ConfigDict, device_count: int | 
                 f"config.{stage}.optimizer.batch_size = {optim.batch_size} does not divide by "
                 f"the {device_count} devices of this run; use a multiple of {device_count}."
             )
-    if device_count and config.method in losses.CALIBRATED_METHODS:
+    if device_count and methods.get_method(config.method).calibrated:
         per_device = config.student.optimizer.batch_size // device_count
         if per_device < 4 and not config.calibration.embed_dim:
             raise ValueError(

@@ -29,22 +29,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sastc_jax import analyze, checkpoints, losses, metrics, models, parallel, train
+from sastc_jax import analyze, checkpoints, methods, metrics, models, parallel, param_tree, train
 
 DIAGNOSIS = "diagnosis.json"
 
 
-def loss_shares(run_dir: Path, weights: losses.LossWeights) -> list[dict[str, float]]:
-    """Per logged training step: each weighted loss part over the logged total loss."""
+def loss_shares(run_dir: Path, term_weights: dict[str, float]) -> list[dict[str, float]]:
+    """Per logged training step: each weighted loss part over the logged total loss.
+
+    ``term_weights``: ``{part: its weight}`` of the run's method
+    (:meth:`sastc_jax.methods.Method.term_weights`)."""
     shares = []
     for record in metrics.read_metrics(run_dir):
         if record.get("split") != "train" or "calibration" not in record:
             continue
-        parts = {
-            "ce": weights.gamma * record["ce"],
-            "kd": weights.alpha_kd * record.get("kd", 0.0),
-            "calibration": weights.beta * record["calibration"],
-        }
+        parts = {name: weight * record.get(name, 0.0) for name, weight in term_weights.items()}
         total = record["loss"]
         shares.append(
             {
@@ -109,10 +108,11 @@ def diagnose_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     mesh = mesh if mesh is not None else parallel.make_mesh()
     config = checkpoints.load_config(run_dir)
-    if config.method not in losses.CALIBRATED_METHODS:
+    method = methods.get_method(config.method)
+    if not method.calibrated:
         raise ValueError(
             f"{run_dir} trained method {config.method!r}, which has no calibration; diagnose "
-            f"needs one of {sorted(losses.CALIBRATED_METHODS)}."
+            f"needs one of {sorted(methods.calibrated_method_names())}."
         )
     trained = checkpoints.load_run(run_dir, "latest", config=config).state
     _, validation, test = train.load_datasets(config, "student", mesh)
@@ -127,20 +127,20 @@ def diagnose_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     teacher_vars = jax.device_get(teacher_vars)
     states = {}
     for name, state in (("initial", initial), ("trained", trained)):
-        variables = {"params": state["params"]["student"], "batch_stats": state["batch_stats"]}
+        variables = param_tree.inference_variables(state["params"], state["batch_stats"])
         states[name] = calibration_state(
-            parts, variables, state["params"]["calibration"], teacher_vars, data
+            parts, variables, param_tree.calibration_params(state["params"]), teacher_vars, data
         )
     attention = {name: np.asarray(states[name]["attention"]) for name in states}
     entropy = {name: np.asarray(states[name]["entropy_per_student_tap"]) for name in states}
-    weights = losses.LossWeights.from_config(config.loss)
+    weights = methods.LossWeights.from_config(config.loss)
     result = {
         "run": str(run_dir),
         "method": config.method,
         "split": "validation" if validation is not None else "test",
         "beta": weights.beta,
         "max_entropy": math.log(attention["trained"].shape[-1]),
-        "loss_shares": loss_shares(run_dir, weights),
+        "loss_shares": loss_shares(run_dir, method.term_weights(weights)),
         **states,
         "attention_change": float(np.mean(np.abs(attention["trained"] - attention["initial"]))),
         "entropy_change": (entropy["trained"] - entropy["initial"]).tolist(),
@@ -169,18 +169,17 @@ def diagnosis_markdown(result: dict[str, Any]) -> str:
         picks = sorted(
             {0, len(shares) // 4, len(shares) // 2, 3 * len(shares) // 4, len(shares) - 1}
         )
+        terms = [key.removesuffix("_share") for key in shares[0] if key.endswith("_share")]
         lines += [
-            "## Share of the training loss",
+            "## Share of the training loss (each term times its weight)",
             "",
-            "| step | loss | gamma CE | alpha KD | beta calibration |",
-            "| --- | --- | --- | --- | --- |",
+            "| step | loss | " + " | ".join(terms) + " |",
+            "|" + " --- |" * (len(terms) + 2),
         ]
         for index in picks:
             entry = shares[index]
-            lines.append(
-                f"| {entry['step']} | {entry['loss']:.4g} | {100 * entry['ce_share']:.1f}% "
-                f"| {100 * entry['kd_share']:.1f}% | {100 * entry['calibration_share']:.1f}% |"
-            )
+            cells = " | ".join(f"{100 * entry[f'{term}_share']:.1f}%" for term in terms)
+            lines.append(f"| {entry['step']} | {entry['loss']:.4g} | {cells} |")
         lines.append("")
     for name in ("initial", "trained"):
         state = result[name]

@@ -1,111 +1,60 @@
-"""Classification, logit-distillation and total training losses (SPEC §3.6).
+"""The training objective of a distillation method by name, and the loss terms.
 
-Student logits are per time step ``(T, B, classes)``; the prediction is their
-mean over T. Teacher logits are ``(B, classes)``.
+Student logits are per time step ``(T, B, classes)``; the prediction is their mean over
+T. Teacher logits are ``(B, classes)``. The methods and their terms are registered in
+:mod:`sastc_jax.methods`; :data:`METHODS` and :data:`CALIBRATED_METHODS` are views of
+that registry as the package registers it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
-
 import jax
-import jax.numpy as jnp
-import optax
+
+from sastc_jax import methods
+from sastc_jax.methods import LossWeights
+from sastc_jax.methods.terms import KD_TARGETS, cross_entropy, kd_loss
 
 Array = jax.Array
-# The values of config.method; the calibrated ones are the Calibration module's methods.
-METHODS = ("ce", "kd", "layerwise", "spatial", "sastc")
-CALIBRATED_METHODS = ("layerwise", "spatial", "sastc")
-# What the KD term distils (SPEC §3b): the time-mean logits (the paper) or every step's.
-KD_TARGETS = ("mean", "per_step")
-
-
-class LossWeights(NamedTuple):
-    """``L = gamma * CE + alpha_kd * KD + beta * L_calibration``; ``temperature`` is tau_kd;
-    ``kd_target`` is one of :data:`KD_TARGETS` (see :func:`kd_loss`)."""
-
-    gamma: float = 1.0
-    alpha_kd: float = 1.0
-    beta: float = 800.0
-    temperature: float = 4.0
-    kd_target: str = "mean"
-
-    @classmethod
-    def from_config(cls, loss_config: Mapping[str, Any]) -> LossWeights:
-        """The weights of ``config.loss``; its other fields (the attention scale) are not
-        weights and are ignored."""
-        return cls(**{field: loss_config[field] for field in cls._fields if field in loss_config})
-
-
-def cross_entropy(student_logits: Array, labels: Array) -> Array:
-    """Batch-mean CE of the time-mean logits. ``(T, B, K)``, ``(B,)`` int -> scalar."""
-    mean_logits = jnp.mean(student_logits.astype(jnp.float32), axis=0)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(mean_logits, labels))
-
-
-def kd_loss(
-    student_logits: Array, teacher_logits: Array, temperature: float = 4.0, target: str = "mean"
-) -> Array:
-    """Logit distillation, ``student_logits`` ``(T, B, K)``, ``teacher_logits`` ``(B, K)``.
-
-    - ``target='mean'`` (SPEC §3.6): ``tau^2 * mean_b KL(softmax(z_a/tau) || softmax(z_bar/tau))``
-      of the time-mean logits ``z_bar``;
-    - ``target='per_step'`` (SPEC §3b): ``tau^2 * (1/T) sum_t mean_b KL(softmax(z_a/tau) ||
-      softmax(z_t/tau))``, every time step distilled on its own.
-
-    The two agree at T = 1.
-    """
-    if target not in KD_TARGETS:
-        raise ValueError(f"Unknown KD target {target!r}; choose one of {KD_TARGETS}.")
-    logits = student_logits.astype(jnp.float32)
-    if target == "mean":
-        logits = jnp.mean(logits, axis=0)  # (B, K)
-    student_log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
-    teacher_log_probs = jax.nn.log_softmax(
-        jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1
-    )
-    teacher_log_probs = jnp.broadcast_to(teacher_log_probs, student_log_probs.shape)
-    kl = optax.losses.kl_divergence_with_log_targets(student_log_probs, teacher_log_probs)
-    return temperature**2 * jnp.mean(kl)  # the mean over B (and over T for 'per_step')
+METHODS = methods.method_names()
+CALIBRATED_METHODS = methods.calibrated_method_names()
 
 
 def total_loss(
-    method: str,
+    method: str | methods.Method,
     student_logits: Array,
     labels: Array,
     *,
     teacher_logits: Array | None = None,
     calibration: Array | None = None,
-    weights: LossWeights = LossWeights(),
+    weights: LossWeights = methods.DEFAULT_WEIGHTS,
 ) -> tuple[Array, dict[str, Array]]:
-    """The training objective of ``method`` and its parts.
+    """The training objective of ``method`` (a registered name) and its parts.
 
     - ``ce``: ``gamma * CE``;
     - ``kd``: ``+ alpha_kd * KD`` (needs ``teacher_logits``; ``weights.kd_target`` says
       which logits it distils, :func:`kd_loss`);
     - ``layerwise`` / ``spatial`` / ``sastc``: ``+ beta * calibration`` (needs the
-      calibration loss from :func:`sastc_jax.calibration.calibration_loss`).
+      calibration loss from :func:`sastc_jax.calibration.calibration_loss`);
+    - any other registered method: its terms (:class:`sastc_jax.methods.Method`).
 
     Returns ``(loss, parts)``; ``parts`` has ``ce``, ``kd``, ``calibration`` (0 when
-    unused) and ``loss``.
+    unused), the method's other terms and ``loss``.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
-    zero = jnp.zeros((), jnp.float32)
-    parts = {"ce": cross_entropy(student_logits, labels), "kd": zero, "calibration": zero}
-    loss = weights.gamma * parts["ce"]
-    if method != "ce":
-        if teacher_logits is None:
-            raise ValueError(f"Method {method!r} distils from a teacher: pass teacher_logits.")
-        parts["kd"] = kd_loss(
-            student_logits, teacher_logits, weights.temperature, weights.kd_target
-        )
-        loss = loss + weights.alpha_kd * parts["kd"]
-    if method in CALIBRATED_METHODS:
-        if calibration is None:
-            raise ValueError(f"Method {method!r} needs the calibration loss: pass calibration.")
-        parts["calibration"] = calibration.astype(jnp.float32)
-        loss = loss + weights.beta * parts["calibration"]
-    parts["loss"] = loss
-    return loss, parts
+    return methods.get_method(method).loss(
+        student_logits,
+        labels,
+        teacher_logits=teacher_logits,
+        calibration=calibration,
+        weights=weights,
+    )
+
+
+__all__ = [
+    "CALIBRATED_METHODS",
+    "KD_TARGETS",
+    "METHODS",
+    "LossWeights",
+    "cross_entropy",
+    "kd_loss",
+    "total_loss",
+]

@@ -20,6 +20,7 @@ import jax
 from sastc_jax import (
     checkpoints,
     configuration,
+    methods,
     metrics,
     parallel,
     runlock,
@@ -83,7 +84,7 @@ def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> li
     )
 
     summaries = []
-    needs_teacher = config.method != "ce"
+    needs_teacher = methods.get_method(config.method).needs_teacher
     teacher_dir = train.teacher_checkpoint_dir(config, workdir)
     if config.stage == "teacher" or (config.stage == "all" and needs_teacher):
         if config.stage == "all" and pytorch.is_torch_checkpoint(teacher_dir):

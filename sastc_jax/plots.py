@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sastc_jax import methods
 from sastc_jax.metrics import read_metrics
 
 
@@ -42,7 +43,7 @@ def plot_run(workdir: str | Path, output: str | Path | None = None) -> Path:
     figure, (loss_axis, accuracy_axis, per_t_axis) = plt.subplots(1, 3, figsize=(15, 4))
     for stage in stages:
         train = [r for r in records if r.get("stage") == stage and r["split"] == "train"]
-        for part in ("loss", "ce", "kd", "calibration"):
+        for part in ("loss", *methods.part_names()):
             values = [(r["step"], r[part]) for r in train if r.get(part)]
             if values:
                 steps, ys = zip(*values, strict=True)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import ml_collections
 from etils import epath
 
+from sastc_jax import param_tree
 from sastc_jax.checkpoints.stage import load_stage_state
 
 CONFIG = "config.json"
@@ -96,7 +97,7 @@ def load_run(
     which = RUN_CHECKPOINTS[checkpoint]
     state, metadata = load_stage_state(workdir / STUDENT, which=which)
     model = train.build_student(config, int(metadata["num_classes"]))
-    variables = {"params": state["params"]["student"], "batch_stats": state["batch_stats"]}
+    variables = param_tree.inference_variables(state["params"], state["batch_stats"])
     return Run(
         workdir=workdir,
         config=config,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sastc_jax import analyze, diagnose, losses, parallel
+from sastc_jax import analyze, diagnose, methods, parallel
 from sastc_jax.compare import records
 from sastc_jax.compare.report import write_results
 from sastc_jax.compare.runs import (
@@ -284,7 +284,7 @@ def finish_run(
     summary = read_summary(run_dir)
     if summary is not None and analyse:
         analyse_run(workdir, name, mesh)
-        if summary.get("method") in losses.CALIBRATED_METHODS:
+        if methods.get_method(summary["method"]).calibrated:
             diagnose_calibration(run_dir, mesh)
     if on_record is not None and (summary is not None or read_diverged(run_dir) is not None):
         on_record(records.run_record_paths(run_dir), f"compare: {name} finished")

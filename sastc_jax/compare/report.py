@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sastc_jax import analyze, losses
+from sastc_jax import analyze
 from sastc_jax.compare.runs import comparison_settings, read_summary, run_name, validation_curve
 from sastc_jax.compare.statistics import paired_differences
 
@@ -371,6 +371,6 @@ def write_results(
         plot_validation_curves(curves, workdir / "validation_curves.png")
     for row in rows_config:
         heat_map = workdir / "runs" / run_name(row.name, row.seeds[0]) / "attention.png"
-        if row.method in losses.CALIBRATED_METHODS and heat_map.exists():
+        if row.calibrated and heat_map.exists():
             (workdir / f"attention_{row.name}.png").write_bytes(heat_map.read_bytes())
     return rows, table, differences

@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from sastc_jax import configuration, losses, metrics, train
+from sastc_jax import configuration, methods, metrics, train
 from sastc_jax.compare import records
 
 SUMMARY = "summary.json"
@@ -31,6 +31,11 @@ class Row:
     method: str
     overrides: dict = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = ()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the row's method has a calibration term (weighted by beta)."""
+        return methods.get_method(self.method).calibrated
 
 
 def run_name(row: str, seed: int, tag: str = "") -> str:
@@ -57,10 +62,10 @@ def comparison_rows(config: ml_collections.ConfigDict) -> list[Row]:
             overrides = plain_dict(variant.get("overrides"))
         else:
             method, overrides = name, {}
-        if method not in losses.METHODS:
+        if method not in methods.method_names():
             raise ValueError(
                 f"config.compare.rows: row {name!r} has method {method!r}; a row is a method "
-                f"of {losses.METHODS} or a variant of config.compare.variants "
+                f"of {methods.method_names()} or a variant of config.compare.variants "
                 "({'method': ..., 'overrides': {...}})."
             )
         rows.append(Row(name, method, overrides))
@@ -115,12 +120,10 @@ def comparison_settings(config: ml_collections.ConfigDict) -> tuple[list[Row], l
                     f"config.compare.{sweep}.row = {settings.row!r} is not a row of "
                     f"config.compare.rows = {list(by_name)}."
                 )
-            if sweep == "beta_sweep" and by_name[settings.row].method not in (
-                losses.CALIBRATED_METHODS
-            ):
+            if sweep == "beta_sweep" and not by_name[settings.row].calibrated:
                 raise ValueError(
                     f"config.compare.beta_sweep.row = {settings.row!r} has no calibration "
-                    f"term; sweep beta on a row of method {losses.CALIBRATED_METHODS}."
+                    f"term; sweep beta on a row of method {methods.calibrated_method_names()}."
                 )
             if not config.dataset.validation_fraction:
                 raise ValueError(
@@ -199,7 +202,7 @@ def student_config(
     copy = run_config(config, stage="distill", method=row.method, seed=seed)
     if "learning_rate" in choices:
         copy.student.optimizer.learning_rate = float(choices["learning_rate"])
-    if "beta" in choices and row.method in losses.CALIBRATED_METHODS:
+    if "beta" in choices and row.calibrated:
         copy.loss.beta = float(choices["beta"])
     apply_overrides(copy, row.overrides, f"config.compare.variants.{row.name}.overrides")
     if epochs_factor != 1:

@@ -20,8 +20,10 @@ from sastc_jax import (
     checkpoints,
     data,
     losses,
+    methods,
     metrics,
     parallel,
+    param_tree,
 )
 from sastc_jax.train import step as step_lib
 from sastc_jax.train.guards import (
@@ -70,15 +72,19 @@ def evaluate(eval_step: Callable, variables, dataset, mesh) -> dict[str, Any]:
     return result
 
 
-def synced(state: step_lib.TrainState, mesh) -> step_lib.TrainState:
-    """The state with batch statistics averaged across devices (before eval and saving)."""
-    mean_stats = parallel.average_copies(state.batch_stats, mesh)
-    return state.replace(batch_stats=parallel.per_device_copies(mean_stats, mesh))
-
-
 def portable(state: step_lib.TrainState, mesh) -> step_lib.TrainState:
-    """Replicated form saved to disk: batch statistics averaged, no device axis."""
+    """Replicated form saved to disk and evaluated: batch statistics averaged across
+    devices, no device axis."""
     return state.replace(batch_stats=parallel.average_copies(state.batch_stats, mesh))
+
+
+def synced(state: step_lib.TrainState, mesh) -> tuple[step_lib.TrainState, step_lib.TrainState]:
+    """``(training state, portable state)`` with the batch statistics averaged once: the
+    one to train on holds per-device copies of the mean, the other is :func:`portable`'s
+    (what is saved and evaluated)."""
+    saved = portable(state, mesh)
+    stats = parallel.per_device_copies(saved.batch_stats, mesh)
+    return saved.replace(batch_stats=stats), saved
 
 
 class TrainLog:
@@ -160,7 +166,7 @@ class TrainLog:
 
     def first_step(self, values: dict[str, float]) -> None:
         """Print the first step's loss parts and warn when calibration dwarfs CE."""
-        shown = ("ce", "kd", "calibration", "loss", "grad_norm", "param_norm")
+        shown = (*methods.part_names(), "loss", "grad_norm", "param_norm")
         described = " ".join(f"{k}={values[k]:.6g}" for k in shown if k in values)
         if self.norm_reference is not None:
             described += f" (param_norm {self.norm_reference[1]:.6g} before it)"
@@ -219,7 +225,7 @@ def run_stage(
     ):
         state = resume(stage, ckpts, mesh, logger)
         step = int(jax.device_get(state.step))
-        calibrated = stage.name == "student" and config.method in losses.CALIBRATED_METHODS
+        calibrated = stage.name == "student" and methods.get_method(config.method).calibrated
         log = TrainLog(
             logger,
             stage,
@@ -232,12 +238,12 @@ def run_stage(
         best = ckpts.best()
         best_metrics = best[1] if best else None
 
-        def save(state, eval_metrics=None) -> None:
+        def save(saved: step_lib.TrainState, eval_metrics=None) -> None:
             # A step already under latest/ (periodic save, then the epoch's evaluation)
             # is kept as it is; the evaluated one may still become the best.
             ckpts.save(
                 step,
-                portable(state, mesh),
+                saved,
                 metadata={**stage.record, "step": step},
                 metrics=eval_metrics,
             )
@@ -256,8 +262,8 @@ def run_stage(
                 stop = sigterm.stop_at(step)
                 if step % config.checkpoint_every_steps == 0 or stop:
                     log.flush(ckpts.verified_step())
-                    state = synced(state, mesh)
-                    save(state)
+                    state, saved = synced(state, mesh)
+                    save(saved)
                 if stop:
                     log.end_epoch(ckpts.verified_step())
                     raise Preempted(
@@ -266,21 +272,19 @@ def run_stage(
                     )
             images += log.end_epoch(ckpts.verified_step())
             if (step // steps) % config.eval_every_epochs == 0 or step == total_steps:
-                state = synced(state, mesh)
+                state, saved = synced(state, mesh)
                 last_eval, checkpoint_metrics = evaluate_for_selection(
-                    stage, eval_variables(state, mesh), mesh, logger, step, step // steps
+                    stage, eval_variables(saved), mesh, logger, step, step // steps
                 )
                 if (
                     best_metrics is None
                     or checkpoint_metrics["accuracy"] > best_metrics["accuracy"]
                 ):
                     best_metrics = checkpoint_metrics
-                save(state, checkpoint_metrics)
+                save(saved, checkpoint_metrics)
         if last_eval is None:  # resumed after the last step: evaluate what was saved
-            state = synced(state, mesh)
-            last_eval = evaluate(
-                stage.eval_step, eval_variables(state, mesh), stage.eval_data, mesh
-            )
+            state, saved = synced(state, mesh)
+            last_eval = evaluate(stage.eval_step, eval_variables(saved), stage.eval_data, mesh)
     summary = stage_summary(
         stage, step, last_eval, best_metrics, time.perf_counter() - start, images, splits
     )
@@ -368,17 +372,17 @@ def best_test_accuracy(best_metrics: dict | None, last_eval: dict[str, Any]) -> 
     return max(float(best_metrics["accuracy"]), last_eval["accuracy"])
 
 
-def eval_variables(state: step_lib.TrainState, mesh) -> dict:
-    """Inference variables of the trained model (the student's, in the distill stage)."""
-    params = state.params.get("student", state.params)
-    return {"params": params, "batch_stats": parallel.average_copies(state.batch_stats, mesh)}
+def eval_variables(saved: step_lib.TrainState) -> dict:
+    """Inference variables of the trained model (the student's, in the distill stage) of
+    a :func:`portable` state."""
+    return param_tree.inference_variables(saved.params, saved.batch_stats)
 
 
 def train_teacher(config, workdir: Path, mesh, logger) -> dict[str, Any]:
     """Stage ``teacher``: train the ANN with CE and save it for distillation."""
     stage = teacher_stage(config, mesh)
     summary = run_stage(stage, config, workdir, mesh, logger)
-    variables = eval_variables(stage.state, mesh)
+    variables = eval_variables(portable(stage.state, mesh))
     checkpoints.save_teacher(
         teacher_checkpoint_dir(config, workdir),
         jax.device_get(variables),

@@ -24,10 +24,11 @@ from sastc_jax import (
     calibration,
     checkpoints,
     data,
-    losses,
+    methods,
     models,
     neurons,
     parallel,
+    param_tree,
 )
 from sastc_jax import ops as ops_lib
 from sastc_jax.interop import pytorch
@@ -218,8 +219,8 @@ class Distillation:
     """The modules of a distillation run, built from the config and a per-device input."""
 
     student: flax.linen.Module
-    teacher: flax.linen.Module | None  # None for 'ce'
-    calibrator: calibration.Calibration | None  # None for 'ce' and 'kd'
+    teacher: flax.linen.Module | None  # None for a method without a teacher ('ce')
+    calibrator: calibration.Calibration | None  # None for a method without a calibration
     objective: step_lib.Objective
     # Shapes of the taps the calibrator was built for (empty without a calibrator).
     tap_shapes: tuple[list[jax.ShapeDtypeStruct], list[jax.ShapeDtypeStruct]] = ([], [])
@@ -231,20 +232,22 @@ class Distillation:
 
 
 def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distillation:
-    """Student, teacher, calibration module and objective for per-device ``sample`` inputs.
+    """Student, teacher, calibration module and objective for per-device ``sample`` inputs,
+    as the registered method ``config.method`` needs them (:mod:`sastc_jax.methods`).
 
     Raises ``ValueError`` when the method cannot pair these models' taps (e.g.
     'layerwise' with different tap counts) before anything is loaded.
     """
+    method = methods.get_method(config.method)
     ops = build_ops(config)
     student = build_student(config, num_classes, ops)
-    teacher = build_teacher(config, num_classes, ops) if config.method != "ce" else None
+    teacher = build_teacher(config, num_classes, ops) if method.needs_teacher else None
     calibrator, taps = None, ([], [])
-    if config.method in losses.CALIBRATED_METHODS:
+    if method.calibrated:
         taps = (tap_shapes(student, sample), tap_shapes(teacher, sample))
         calibrator = calibration.calibration_module(
             *taps,
-            method=config.method,
+            method=method.calibration,
             embed_dim=config.calibration.embed_dim or None,
             dtype=step_lib.compute_dtype(config),
             remat=config.get("remat", False),
@@ -252,8 +255,8 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
             learn_attention_scale=config.loss.get("learn_attention_scale", False),
             ops=ops,
         )
-    weights = losses.LossWeights.from_config(config.loss)
-    objective = step_lib.student_objective(student, teacher, calibrator, config.method, weights)
+    weights = methods.LossWeights.from_config(config.loss)
+    objective = step_lib.student_objective(student, teacher, calibrator, method, weights)
     return Distillation(student, teacher, calibrator, objective, taps)
 
 
@@ -270,14 +273,16 @@ def distillation_inputs(config, mesh):
 
 
 def initial_student(config, parts: Distillation, sample: np.ndarray, mesh) -> tuple[dict, dict]:
-    """``(params, batch_stats)`` the distillation starts from: ``params['student']`` and,
-    for a calibrated method, ``params['calibration']``, both from ``config.seed``."""
+    """``(params, batch_stats)`` the distillation starts from: the student's parameters
+    and, for a calibrated method, the calibration's (:mod:`sastc_jax.param_tree`), both
+    from ``config.seed``."""
     rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
     variables = init_variables(parts.student, rng_student, sample, mesh)
-    params = {"student": variables["params"]}
+    calibration_params = None
     if parts.calibrator is not None:
         init = jax.jit(parts.init_calibration, out_shardings=parallel.replicated(mesh))
-        params["calibration"] = init(rng_calibration)
+        calibration_params = init(rng_calibration)
+    params = param_tree.distillation_params(variables["params"], calibration_params)
     return params, variables["batch_stats"]
 
 

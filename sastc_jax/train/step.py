@@ -27,7 +27,7 @@ import ml_collections
 import optax
 from jax.sharding import PartitionSpec as P
 
-from sastc_jax import calibration, losses, models
+from sastc_jax import calibration, losses, methods, models, param_tree
 from sastc_jax.parallel import AXIS
 
 Array = jax.Array
@@ -111,25 +111,27 @@ def student_objective(
     student: flax.linen.Module,
     teacher: flax.linen.Module | None,
     calibrator: calibration.Calibration | None,
-    method: str,
+    method: str | methods.Method,
     weights: losses.LossWeights,
 ) -> Objective:
-    """The distillation loss of ``method`` for the student's parameters.
+    """The distillation loss of ``method`` (a registered name, :mod:`sastc_jax.methods`)
+    for the student's parameters.
 
-    ``params = {'student': ..., 'calibration': ...}`` (no 'calibration' for ce/kd);
-    ``frozen`` holds the teacher's variables (empty for ``ce``).
+    ``params``: :mod:`sastc_jax.param_tree` (no calibration entry without a calibration);
+    ``frozen`` holds the teacher's variables (empty for a method without a teacher).
     """
+    method = methods.get_method(method)
 
     def objective(params, batch_stats, frozen, batch):
         teacher_logits, teacher_taps = None, None
-        if method != "ce":
+        if method.needs_teacher:
             teacher_logits, teacher_vars = teacher.apply(
                 frozen, batch["image"], train=False, mutable=["intermediates"]
             )
             teacher_logits = jax.lax.stop_gradient(teacher_logits)
             teacher_taps = jax.lax.stop_gradient(models.get_taps(teacher_vars))
         logits, student_vars = student.apply(
-            {"params": params["student"], "batch_stats": batch_stats},
+            {"params": param_tree.student_params(params), "batch_stats": batch_stats},
             batch["image"],
             train=True,
             mutable=["batch_stats", "intermediates"],
@@ -137,10 +139,11 @@ def student_objective(
         calibration_loss = None
         if calibrator is not None:
             calibration_loss, _ = calibrator.apply(
-                {"params": params["calibration"]}, models.get_taps(student_vars), teacher_taps
+                {"params": param_tree.calibration_params(params)},
+                models.get_taps(student_vars),
+                teacher_taps,
             )
-        loss, parts = losses.total_loss(
-            method,
+        loss, parts = method.loss(
             logits,
             batch["label"],
             teacher_logits=teacher_logits,
