@@ -184,15 +184,17 @@ def conv(
     dtype: Dtype = jnp.float32,
     init_scheme: str = "torchvision",
     ops: Ops | None = None,
+    padding: int | None = None,
     name: str | None = None,
 ) -> nn.Conv:
-    """Bias-free square conv with PyTorch-style symmetric padding ``kernel_size // 2``.
+    """Bias-free square conv with PyTorch-style symmetric ``padding`` (``None``:
+    ``kernel_size // 2``).
 
     Explicit padding (not ``'SAME'``) keeps strided convs aligned with the
     PyTorch reference on even inputs. ``init_scheme`` names the scheme (module docstring);
     ``ops`` gives the convolution's form (``None``: ``ops.select('auto')``).
     """
-    pad = kernel_size // 2
+    pad = kernel_size // 2 if padding is None else padding
     return nn.Conv(
         features,
         (kernel_size, kernel_size),
@@ -271,7 +273,8 @@ def dense(
 
 
 class ConvBN(nn.Module):
-    """Bias-free conv followed by batch norm, on ``(..., H, W, C)``.
+    """Bias-free conv (symmetric ``padding``, ``None``: ``kernel_size // 2``) followed by
+    batch norm, on ``(..., H, W, C)``.
 
     The conv runs on all leading dims merged into one batch; the batch norm's statistics
     cover them all, so a time-major SNN activation ``(T, B, H, W, C)`` is convolved and
@@ -284,6 +287,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
     ops: Ops = ops_field()
+    padding: int | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -294,6 +298,7 @@ class ConvBN(nn.Module):
             dtype=self.dtype,
             init_scheme=self.init_scheme,
             ops=self.ops,
+            padding=self.padding,
             name="conv",
         )
         # Normalised in the caller's layout: the statistics are the same, and a spiking
