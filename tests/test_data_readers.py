@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from sastc_jax import data
+from sastc_jax import configuration, data
 from sastc_jax.data import readers, specs, static
 
 HOST = {"process_index": 0, "process_count": 1, "num_devices": 1, "num_threads": 1}
@@ -61,6 +61,7 @@ def toy_dataset():
 
 def test_a_registered_dataset_is_served_with_its_spec(toy_dataset):
     assert data.NUM_CLASSES[TOY.name] == 3 and data.SOURCES[TOY.name] == TOY.sources
+    assert TOY.name in data.DATASET_NAMES
     assert data.resolve_source(TOY.name, None) == "toy_memory"
     test = data.get_dataset(TOY.name, "test", batch_size=4, train=False, **HOST)
     assert (test.num_examples, test.num_classes, test.input_shape) == (6, 3, (4, 4, 1))
@@ -94,6 +95,17 @@ def test_auto_picks_the_reader_that_finds_its_files(toy_dataset, tmp_path):
     assert (ds.num_examples, ds.num_classes) == (2, 2)  # the reader's class count
     with pytest.raises(ValueError, match="source 'tfds' is not a reader of toy_stripes"):
         data.resolve_source(TOY.name, None, "tfds")
+
+
+def test_a_config_may_name_the_registered_dataset_and_its_readers(toy_dataset):
+    config = configuration.base_config()
+    config.dataset.name = TOY.name
+    configuration.validate(config)
+    config.dataset.source = "toy_files"
+    configuration.validate(config)
+    config.dataset.source = "tfds"
+    with pytest.raises(ValueError, match="allowed: auto, toy_memory, toy_files"):
+        configuration.validate(config)
 
 
 def test_registration_refuses_taken_names_and_unknown_readers(toy_dataset):

@@ -51,7 +51,7 @@ class _SpecField(Mapping[str, Any]):
 
 # Derived from the one spec per dataset (sastc_jax.data.specs).
 NUM_CLASSES = _SpecField("num_classes")
-DATASET_NAMES = tuple(DATASETS)
+DATASET_NAMES = DATASETS.keys()
 SPLITS = ("train", "validation", "test")
 # The readers of each dataset ('auto' picks one, see resolve_source).
 SOURCES = _SpecField("sources")
