@@ -17,7 +17,7 @@ with ``config.json``, or one run of :mod:`sastc_jax.compare`), writes ``analysis
 - the test accuracy with 1..T time steps.
 
 The encoder convolution of a static image runs once per image (the same input at every
-time step, see :mod:`sastc_jax.models.snn`), so its MACs are counted once.
+time step, see :mod:`sastc_jax.models.network`), so its MACs are counted once.
 """
 
 from __future__ import annotations

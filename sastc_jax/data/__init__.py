@@ -10,12 +10,15 @@ Datasets: 'cifar10', 'cifar100', 'imagenet2012' (TFDS, ArrayRecord, never downlo
 normalisation and sources are in DATASETS (sastc_jax.data.specs). CIFAR can also be read
 from torchvision's python archives ('cifar_python') and ImageNet from a folder of images
 in torchvision's ImageFolder layout ('folder'); source='auto' picks them when data_dir
-holds them (see SOURCES and resolve_source).
+holds them (see SOURCES and resolve_source). The readers, by source name, are in
+READERS (sastc_jax.data.readers); a spec names the ones that serve it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from sastc_jax.data.bad_examples import BadExamples, check_policy
 from sastc_jax.data.errors import (
@@ -24,19 +27,40 @@ from sastc_jax.data.errors import (
     UnreadableExampleError,
 )
 from sastc_jax.data.pipeline import BatchLoader, Dataset
-from sastc_jax.data.specs import DATASETS, DatasetSpec, dataset_spec
+from sastc_jax.data.readers import READERS, Reader, ReadOptions, register_reader
+from sastc_jax.data.readers import resolve as _resolve
+from sastc_jax.data.specs import DATASETS, DatasetSpec, dataset_spec, register_dataset
+
+
+class _SpecField(Mapping[str, Any]):
+    """``{dataset name: one field of its spec}``, read from DATASETS when asked (so a
+    dataset registered later is in it)."""
+
+    def __init__(self, field: str):
+        self._field = field
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(DATASETS[name], self._field)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DATASETS)
+
+    def __len__(self) -> int:
+        return len(DATASETS)
+
 
 # Derived from the one spec per dataset (sastc_jax.data.specs).
-NUM_CLASSES = {name: spec.num_classes for name, spec in DATASETS.items()}
-DATASET_NAMES = tuple(DATASETS)
+NUM_CLASSES = _SpecField("num_classes")
+DATASET_NAMES = DATASETS.keys()
 SPLITS = ("train", "validation", "test")
 # The readers of each dataset ('auto' picks one, see resolve_source).
-SOURCES = {name: spec.sources for name, spec in DATASETS.items()}
+SOURCES = _SpecField("sources")
 
 __all__ = [
     "DATASETS",
     "DATASET_NAMES",
     "NUM_CLASSES",
+    "READERS",
     "SOURCES",
     "BadExamples",
     "BatchLargerThanSplitError",
@@ -44,9 +68,13 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "DatasetSpec",
+    "ReadOptions",
+    "Reader",
     "UnreadableExampleError",
     "dataset_spec",
     "get_dataset",
+    "register_dataset",
+    "register_reader",
     "resolve_source",
 ]
 
@@ -56,29 +84,11 @@ def _default_threads() -> int:
 
 
 def resolve_source(name: str, data_dir: str | None, source: str = "auto") -> str:
-    """The reader `source` stands for: 'auto' becomes 'cifar_python' when data_dir holds
-    the CIFAR python archive, 'folder' when it holds train/ or val/ (ImageNet), 'local'
-    for Fashion-MNIST, else 'tfds' (or 'auto' for the DVS datasets, read by tonic)."""
-    if source not in SOURCES[name]:
-        raise ValueError(
-            f"source {source!r} is not a reader of {name}; choose one of "
-            f"{', '.join(map(repr, SOURCES[name]))}."
-        )
-    if source != "auto" or DATASETS[name].event_frames:
-        return source
-    if name == "fashion_mnist":
-        return "local"
-    if name in ("cifar10", "cifar100") and data_dir:
-        from sastc_jax.data.cifar_python import archive_dir
-
-        if archive_dir(name, data_dir) is not None:
-            return "cifar_python"
-    if name == "imagenet2012" and data_dir:
-        from sastc_jax.data.image_folder import is_image_folder_root
-
-        if is_image_folder_root(os.path.expanduser(data_dir)):
-            return "folder"
-    return "tfds"
+    """The reader `source` stands for: 'auto' becomes the first reader of the dataset's
+    spec that finds its layout in data_dir ('cifar_python' for the CIFAR python archive,
+    'folder' for ImageNet's train/ or val/), else the spec's default reader ('tfds',
+    'local' for Fashion-MNIST, 'tonic' for the DVS datasets)."""
+    return _resolve(dataset_spec(name), data_dir, source)
 
 
 def get_dataset(
@@ -124,8 +134,8 @@ def get_dataset(
         holding train/ and val/ class folders for ImageNet's 'folder'.
       source: the reader, one of SOURCES[name]: 'tfds'; 'local' (Fashion-MNIST IDX
         files); 'cifar_python' (torchvision's CIFAR archives); 'folder' (ImageNet in
-        ImageFolder layout; the class count is the number of class folders); 'auto'
-        detects them from data_dir (resolve_source).
+        ImageFolder layout; the class count is the number of class folders); 'tonic'
+        (event recordings); 'auto' detects them from data_dir (resolve_source).
       process_index, process_count: this host and the host count (default: jax's).
       num_devices: local devices the batch is split over (default jax.local_device_count()).
       augment: train-time augmentation on/off.
@@ -154,18 +164,12 @@ def get_dataset(
     )
     source_split = "train" if split == "validation" else split
     source = resolve_source(name, data_dir, source)
-    loader, num_classes = open_loader(
-        name,
-        source_split,
-        source=source,
-        data_dir=data_dir,
-        time_steps=time_steps,
-        image_size=image_size,
-        cache_dir=cache_dir,
-        max_shift=max_shift,
-        flip=flip,
-        num_threads=max(1, threads),
+    spec = dataset_spec(name)
+    reader = READERS[source]
+    options = ReadOptions(
+        data_dir, time_steps, image_size, cache_dir, max_shift, flip, num_threads=max(1, threads)
     )
+    loader, num_classes = reader.open(spec, source_split, options)
     if validation_fraction and split != "test":
         from sastc_jax.data.validation import split_off_validation
 
@@ -173,7 +177,7 @@ def get_dataset(
     skipper = None
     # Only readers that decode one example at a time can meet a bad one mid-run (the
     # image folder); the others decode whole files above, where a failure stays an error.
-    if bad_examples == "skip" and name == "imagenet2012" and source == "folder":
+    if bad_examples == "skip" and reader.decodes_per_example:
         skipper = BadExamples(loader, split=split, process_index=process_index)
     return Dataset(
         loader,
@@ -238,58 +242,3 @@ def _host_share(
     if threads < 0:
         raise ValueError(f"num_threads must be >= 0, got {threads}.")
     return process_index, process_count, threads
-
-
-def open_loader(
-    name: str,
-    split: str,
-    *,
-    source: str,
-    data_dir: str | None,
-    time_steps: int = 1,
-    image_size: int | None = None,
-    cache_dir: str | None = None,
-    max_shift: int | None = None,
-    flip: bool | None = None,
-    num_threads: int = 1,
-):
-    """``(loader, num_classes)``: the random-access reader of one source split ('train' or
-    'test') of dataset ``name`` from the resolved ``source`` (see :func:`get_dataset` for
-    the arguments). The image folder's class count is its number of class folders."""
-    num_classes = dataset_spec(name).num_classes
-    if name in ("cifar10", "cifar100"):
-        from sastc_jax.data.static import cifar_loader
-
-        return cifar_loader(name, split, data_dir, source), num_classes
-    if name == "imagenet2012" and source == "folder":
-        from sastc_jax.data.image_folder import image_folder_loader
-
-        if not data_dir:
-            raise ValueError(
-                "ImageNet from an image folder needs data_dir: the folder holding train/ "
-                "and val/ with one sub-folder per class."
-            )
-        loader = image_folder_loader(data_dir, split, image_size)
-        return loader, len(loader.classes)
-    if name == "imagenet2012":
-        from sastc_jax.data.static import imagenet_loader
-
-        return imagenet_loader(split, data_dir, image_size), num_classes
-    if name == "fashion_mnist":
-        from sastc_jax.data.static import fashion_mnist_loader
-
-        return fashion_mnist_loader(split, data_dir, source), num_classes
-    from sastc_jax.data.dvs import dvs_loader
-
-    loader = dvs_loader(
-        name,
-        split,
-        data_dir,
-        time_steps,
-        image_size,
-        cache_dir,
-        max_shift,
-        flip,
-        num_threads=num_threads,
-    )
-    return loader, num_classes

@@ -43,26 +43,13 @@ import numpy as np
 from sastc_jax.data import augment as aug
 from sastc_jax.data.augment import ExampleRandom
 from sastc_jax.data.errors import DatasetNotFoundError
-from sastc_jax.data.specs import DATASETS
+from sastc_jax.data.readers import ReadOptions
+from sastc_jax.data.specs import DatasetSpec
 
 SENSOR_SIZE = (128, 128, 2)  # tonic's (W, H, P) for both datasets.
 CACHE_VERSION = 1
 CIFAR10_DVS_TRAIN_FRACTION_TENTHS = 9
 _STREAM_SHIFT_Y, _STREAM_SHIFT_X, _STREAM_FLIP = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class DvsSpec:
-    """How tonic reads one DVS dataset (its classes and frame size: data.specs.DATASETS)."""
-
-    tonic_name: str  # tonic class name, also the folder under data_dir
-    flip: bool  # horizontal flip is label-preserving
-
-
-SPECS = {
-    "dvs_gesture": DvsSpec("DVSGesture", flip=False),
-    "cifar10_dvs": DvsSpec("CIFAR10DVS", flip=True),
-}
 
 
 def _require_tonic() -> None:
@@ -161,11 +148,17 @@ def cifar10_dvs_split(paths: list[str], targets: list[int], split: str) -> list[
     return chosen
 
 
-def open_split(name: str, split: str, data_dir: str) -> tuple[Any, list[int]]:
-    """tonic dataset object and the ordered positions of the examples of `split`."""
+def open_split(tonic_class: str, split: str, data_dir: str) -> tuple[Any, list[int]]:
+    """tonic dataset object of class `tonic_class` ('DVSGesture' or 'CIFAR10DVS') and the
+    ordered positions of the examples of `split`."""
     _require_tonic()
     classes = _offline_classes()
-    if name == "dvs_gesture":
+    if tonic_class not in classes:
+        raise ValueError(
+            f"tonic dataset class {tonic_class!r} is not read here; choose one of "
+            f"{', '.join(map(repr, classes))}."
+        )
+    if tonic_class == "DVSGesture":
         problem = _missing_gesture(data_dir, split)
         if problem:
             raise DatasetNotFoundError(problem)
@@ -216,7 +209,7 @@ def _cache_paths(
 
 
 def framed_split(
-    name: str,
+    spec: DatasetSpec,
     split: str,
     data_dir: str,
     time_steps: int,
@@ -229,7 +222,8 @@ def framed_split(
     Builds the cache on first use (written to a temporary file, then renamed, so a crash
     or a concurrent host never leaves a half-written cache in place).
     """
-    dataset, order = open_split(name, split, data_dir)
+    name = spec.name
+    dataset, order = open_split(spec.tonic_class, split, data_dir)
     if not order:
         raise DatasetNotFoundError(f"{name} split {split!r} under {data_dir} has no examples.")
     files = [os.path.relpath(dataset.data[i], data_dir) for i in order]
@@ -307,19 +301,11 @@ class FrameLoader:
         return clips, self._labels[indices]
 
 
-def dvs_loader(
-    name: str,
-    split: str,
-    data_dir: str | None,
-    time_steps: int,
-    image_size: int | None,
-    cache_dir: str | None,
-    max_shift: int | None,
-    flip: bool | None,
-    num_threads: int,
-) -> FrameLoader:
-    """FrameLoader for 'dvs_gesture' or 'cifar10_dvs' (see the module docstring)."""
-    spec = SPECS[name]
+def dvs_loader(spec: DatasetSpec, split: str, options: ReadOptions) -> FrameLoader:
+    """FrameLoader of an event dataset read by tonic (``spec.tonic_class``; see the module
+    docstring): T = ``options.time_steps`` frames of ``options.image_size`` (default: the
+    spec's), flipped in training where ``spec.flip`` (or ``options.flip``) says so."""
+    name, data_dir, time_steps = spec.name, options.data_dir, options.time_steps
     if time_steps < 1:
         raise ValueError(
             f"{name} needs time_steps >= 1 (the number of event frames T), got {time_steps}."
@@ -327,13 +313,13 @@ def dvs_loader(
     if data_dir is None:
         raise ValueError(
             f"{name} needs data_dir: tonic's save_to directory, the one containing "
-            f"{spec.tonic_name}/ (see sastc_jax.data.dvs for the layout)."
+            f"{spec.tonic_class}/ (see sastc_jax.data.dvs for the layout)."
         )
-    size = image_size or DATASETS[name].image_shape[0]
+    size = options.image_size or spec.image_shape[0]
     if not 1 <= size <= SENSOR_SIZE[0]:
         raise ValueError(f"{name} image_size must be in [1, {SENSOR_SIZE[0]}], got {size}.")
     frames, labels = framed_split(
-        name, split, data_dir, time_steps, size, cache_dir, num_threads=num_threads
+        spec, split, data_dir, time_steps, size, options.cache_dir, options.num_threads
     )
-    shift = max_shift if max_shift is not None else max(1, size // 12)
-    return FrameLoader(frames, labels, shift, spec.flip if flip is None else flip)
+    shift = options.max_shift if options.max_shift is not None else max(1, size // 12)
+    return FrameLoader(frames, labels, shift, spec.flip if options.flip is None else options.flip)

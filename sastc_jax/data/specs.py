@@ -1,8 +1,10 @@
 """One spec per dataset: its classes, example shape, normalisation and where it comes from.
 
-Read by the loaders (:func:`sastc_jax.data.get_dataset`, :mod:`sastc_jax.data.static`,
-:mod:`sastc_jax.data.dvs`) and by the NIR export (the input shape, the normalisation
-written into the graph's metadata).
+Read by the readers (:mod:`sastc_jax.data.readers`: the spec names the readers that can
+serve it, and gives them what they need) and by the NIR export (the input shape, the
+normalisation written into the graph's metadata). A dataset is added with its spec
+(here, or :func:`register_dataset` from outside the package) and, where no registered
+reader serves it, its reader (:func:`sastc_jax.data.readers.register_reader`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ class DatasetSpec:
     ``config.dataset.image_size`` sets H = W (ImageNet's crop, the DVS frame size).
     ``mean`` / ``std``: per-channel statistics of the training split on the [0, 1] scale
     that images are normalised with, ``(pixel / 255 - mean) / std``; ``None`` for event
-    frames (event counts, not normalised). ``sources``: the readers ``config.dataset.source``
-    may name ('auto' picks one, :func:`sastc_jax.data.resolve_source`); ``origin``: where
-    the files come from.
+    frames (event counts, not normalised). ``sources``: ``'auto'``, then the names of the
+    readers (:data:`sastc_jax.data.readers.READERS`) that ``config.dataset.source`` may name,
+    the default first ('auto' picks one, :func:`sastc_jax.data.resolve_source`);
+    ``origin``: where the files come from.
+
+    Settings of the readers: ``crop_padding``, the zero padding of the training crop of
+    fixed-size images (0: no crop); ``flip``, whether a horizontal flip keeps the label
+    (training augmentation); ``tfds_test_split``, TFDS's name of our 'test' split;
+    ``tfds_manual_files``, the files TFDS needs downloaded by hand; ``tonic_class``, the
+    tonic dataset class of an event dataset.
     """
 
     name: str
@@ -32,6 +41,11 @@ class DatasetSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     resizable: bool = False
+    crop_padding: int = 0
+    flip: bool = True
+    tfds_test_split: str = "test"
+    tfds_manual_files: tuple[str, ...] = ()
+    tonic_class: str | None = None
 
     @property
     def event_frames(self) -> bool:
@@ -57,6 +71,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "TFDS `cifar10`, or torchvision's python archive cifar-10-batches-py/",
             mean=(0.4914, 0.4822, 0.4465),
             std=(0.2470, 0.2435, 0.2616),
+            crop_padding=4,
         ),
         DatasetSpec(
             "cifar100",
@@ -66,6 +81,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "TFDS `cifar100`, or torchvision's python archive cifar-100-python/",
             mean=(0.5071, 0.4865, 0.4409),
             std=(0.2673, 0.2564, 0.2762),
+            crop_padding=4,
         ),
         DatasetSpec(
             "imagenet2012",
@@ -77,6 +93,8 @@ DATASETS: dict[str, DatasetSpec] = {
             mean=(0.485, 0.456, 0.406),
             std=(0.229, 0.224, 0.225),
             resizable=True,
+            tfds_test_split="validation",
+            tfds_manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
         ),
         DatasetSpec(
             "fashion_mnist",
@@ -86,25 +104,43 @@ DATASETS: dict[str, DatasetSpec] = {
             "the IDX files of Debian's fashion-mnist package, or TFDS `fashion_mnist`",
             mean=(0.2860,),
             std=(0.3530,),
+            crop_padding=2,
         ),
         DatasetSpec(
             "dvs_gesture",
             11,
             (128, 128, 2),
-            ("auto",),
+            ("auto", "tonic"),
             "tonic's DVSGesture folder (IBM DVS128 Gesture, its train/test split)",
             resizable=True,
+            # A mirror turns "right hand wave" into "left hand wave".
+            flip=False,
+            tonic_class="DVSGesture",
         ),
         DatasetSpec(
             "cifar10_dvs",
             10,
             (48, 48, 2),
-            ("auto",),
+            ("auto", "tonic"),
             "tonic's CIFAR10DVS folder (no official split; see sastc_jax.data.dvs)",
             resizable=True,
+            tonic_class="CIFAR10DVS",
         ),
     )
 }
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add ``spec`` to :data:`DATASETS` under its name (names are unique); returns it."""
+    if spec.name in DATASETS:
+        raise ValueError(f"Dataset {spec.name!r} is already registered: {DATASETS[spec.name]}.")
+    if not spec.sources or spec.sources[0] != "auto" or len(spec.sources) < 2:
+        raise ValueError(
+            f"{spec.name}: sources must be 'auto' followed by at least one reader; "
+            f"got {spec.sources!r}."
+        )
+    DATASETS[spec.name] = spec
+    return spec
 
 
 def dataset_spec(name: str) -> DatasetSpec:

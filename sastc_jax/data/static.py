@@ -24,7 +24,7 @@ import numpy as np
 from sastc_jax.data import augment as aug
 from sastc_jax.data.augment import ExampleRandom
 from sastc_jax.data.errors import DatasetNotFoundError
-from sastc_jax.data.specs import DATASETS
+from sastc_jax.data.specs import DATASETS, DatasetSpec
 
 # Per-channel statistics of the training splits, on the [0, 1] scale (from the specs).
 CIFAR10_MEAN, CIFAR10_STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
@@ -42,43 +42,37 @@ _RRC_ATTEMPTS = 10
 # Streams of ExampleRandom used here (distinct per kind of draw).
 _STREAM_CROP_Y, _STREAM_CROP_X, _STREAM_FLIP, _STREAM_RRC = 0, 1, 2, 16
 
-TFDS_SPLITS = {
-    "cifar10": {"train": "train", "test": "test"},
-    "cifar100": {"train": "train", "test": "test"},
-    "fashion_mnist": {"train": "train", "test": "test"},
-    "imagenet2012": {"train": "train", "test": "validation"},
-}
 
-
-def _imagenet_hint(data_dir: str) -> str:
+def _manual_download_hint(spec: DatasetSpec, data_dir: str) -> str:
     manual = os.path.join(data_dir, "downloads", "manual")
-    wanted = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+    wanted = spec.tfds_manual_files
     missing = [f for f in wanted if not os.path.isfile(os.path.join(manual, f))]
     if missing:
         files = ", ".join(os.path.join(manual, f) for f in missing)
         step = (
-            f"The manual-download files are missing: {files}. Register at image-net.org, "
-            f"download {' and '.join(wanted)} into {manual}, then prepare it"
+            f"The manual-download files are missing: {files}. Download "
+            f"{' and '.join(wanted)} into {manual} (from {spec.origin}), then prepare it"
         )
     else:
         step = f"The manual-download files are in {manual} but the dataset is not prepared; run"
     return (
         f"{step} once (this needs tensorflow in the preparing environment only): "
-        f"`tfds build imagenet2012 --data_dir={data_dir} --file_format=array_record`."
+        f"`tfds build {spec.name} --data_dir={data_dir} --file_format=array_record`."
     )
 
 
-def tfds_source(name: str, split: str, data_dir: str | None) -> Any:
-    """`tfds.data_source(name, split)` over ArrayRecord files, never downloading.
+def tfds_source(spec: DatasetSpec, split: str, data_dir: str | None) -> Any:
+    """`tfds.data_source(spec.name, split)` over ArrayRecord files, never downloading
+    (our 'test' split is TFDS's ``spec.tfds_test_split``).
 
     Raises DatasetNotFoundError naming the directory looked at and the preparation command.
     """
     import tensorflow_datasets as tfds
 
-    tfds_split = TFDS_SPLITS[name][split]
+    tfds_split = spec.tfds_test_split if split == "test" else split
     try:
         return tfds.data_source(
-            name,
+            spec.name,
             split=tfds_split,
             data_dir=data_dir,
             download=False,
@@ -87,24 +81,25 @@ def tfds_source(name: str, split: str, data_dir: str | None) -> Any:
     except Exception as error:  # TFDS raises KeyError/AssertionError/NotImplementedError here.
         root = data_dir or os.path.expanduser("~/tensorflow_datasets")
         try:
-            looked_at = str(tfds.builder(name, data_dir=data_dir).data_dir)
+            looked_at = str(tfds.builder(spec.name, data_dir=data_dir).data_dir)
         except Exception:
-            looked_at = os.path.join(root, name)
-        if name == "imagenet2012":
-            hint = _imagenet_hint(root)
+            looked_at = os.path.join(root, spec.name)
+        if spec.tfds_manual_files:
+            hint = _manual_download_hint(spec, root)
         else:
             hint = (
                 "Prepare it once where the network and tensorflow are available: "
-                f"`tfds build {name} --data_dir={root} --file_format=array_record`, "
+                f"`tfds build {spec.name} --data_dir={root} --file_format=array_record`, "
                 "then point data_dir at that directory"
             )
-            if name == "fashion_mnist":
-                hint += " (or use source='local' with the Debian IDX files)"
+            others = [source for source in spec.sources if source not in ("auto", "tfds")]
+            if others:
+                hint += f" (or use source={others[0]!r}: {spec.origin})"
             hint += "."
         raise DatasetNotFoundError(
-            f"TFDS dataset {name!r} split {tfds_split!r} is not available as ArrayRecord in "
-            f"{looked_at} (data_dir={data_dir!r}); nothing is downloaded automatically. {hint} "
-            f"TFDS said: {type(error).__name__}: {error}"
+            f"TFDS dataset {spec.name!r} split {tfds_split!r} is not available as ArrayRecord "
+            f"in {looked_at} (data_dir={data_dir!r}); nothing is downloaded automatically. "
+            f"{hint} TFDS said: {type(error).__name__}: {error}"
         ) from error
 
 
@@ -194,43 +189,23 @@ class ImageNetLoader:
         return aug.normalize_float(out, self.mean, self.std), labels
 
 
-def cifar_loader(
-    name: str, split: str, data_dir: str | None, source: str = "tfds"
-) -> ArrayImageLoader:
-    """CIFAR-10 or CIFAR-100 split from TFDS or ('cifar_python') torchvision's python
-    archive, held in memory."""
-    if source == "cifar_python":
-        from sastc_jax.data import cifar_python
-
-        images, labels = cifar_python.load_split(name, split, data_dir)
-    else:
-        images, labels = tfds_arrays(tfds_source(name, split, data_dir))
-    spec = DATASETS[name]
-    return ArrayImageLoader(images, labels, spec.mean, spec.std, pad=4)
+def array_loader(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray) -> ArrayImageLoader:
+    """Fixed-size uint8 images ``(N, H, W, C)`` of ``spec`` held in memory, normalised and
+    augmented as the spec says (``crop_padding``, ``flip``)."""
+    return ArrayImageLoader(images, labels, spec.mean, spec.std, spec.crop_padding, spec.flip)
 
 
-def fashion_mnist_loader(split: str, data_dir: str | None, source: str) -> ArrayImageLoader:
-    """Fashion-MNIST from the Debian IDX files (source 'local'/'auto') or TFDS ('tfds')."""
-    from sastc_jax.data import fashion_mnist
+def resized_loader(spec: DatasetSpec, source: Any, size: int | None = None) -> ImageNetLoader:
+    """Variable-size images of ``spec`` read per batch from a TFDS data source (ImageNet's
+    'test' is its validation split).
 
-    if source in ("auto", "local"):
-        local = fashion_mnist.FashionMnistIdxSource(split, data_dir)
-        images, labels = local.images, local.labels
-    elif source == "tfds":
-        images, labels = tfds_arrays(tfds_source("fashion_mnist", split, data_dir))
-    else:
-        raise ValueError(f"fashion_mnist source must be 'auto', 'local' or 'tfds', got {source!r}.")
-    return ArrayImageLoader(images, labels, FASHION_MNIST_MEAN, FASHION_MNIST_STD, pad=2)
-
-
-def imagenet_loader(split: str, data_dir: str | None, size: int | None = None) -> ImageNetLoader:
-    """ImageNet (TFDS `imagenet2012`, manual-download layout); 'test' is the validation split.
-
-    `size` is the crop side (default 224); evaluation first takes size * 256/224 of the
-    shorter side."""
-    size = size or IMAGENET_SIZE
+    `size` is the crop side (default: the spec's); evaluation first takes size * 256/224 of
+    the shorter side."""
+    size = size or spec.image_shape[0]
     return ImageNetLoader(
-        tfds_source("imagenet2012", split, data_dir),
+        source,
         size=size,
         resize=round(size * IMAGENET_RESIZE / IMAGENET_SIZE),
+        mean=spec.mean,
+        std=spec.std,
     )

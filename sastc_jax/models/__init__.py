@@ -12,9 +12,15 @@ Usage::
 Every model takes an ``ops`` attribute (:func:`sastc_jax.ops.select`; by default
 ``select('auto')``, resolved when the model is built) and every student ``remat``.
 
-Each family's layers (module paths and kinds, in order) are described once, from the
-model's fields, in :mod:`sastc_jax.models.architecture` (``architecture.describe(model)``);
-the NIR export and the PyTorch import read that description.
+Every model is a :class:`~sastc_jax.models.network.Network`: its ``architecture()`` turns
+its fields into its layers (:mod:`sastc_jax.models.architecture`) and its ``__call__`` runs
+exactly those; the NIR export and the PyTorch import read the same description
+(``architecture.describe(model)``). The ANN and SNN of a family are one definition
+(:mod:`sastc_jax.models.ann`), the student with the spiking fields mixed in
+(:class:`~sastc_jax.models.network.Spiking`, :mod:`sastc_jax.models.snn`).
+
+A new model is one ``Network`` subclass (its fields and ``architecture()``) decorated
+with :func:`register`; see docs/ARCHITECTURE.md.
 
 Pass ``variables`` without an ``'intermediates'`` entry: ``sow`` appends to
 whatever is already there, so feeding the mutated taps back in would repeat them.
@@ -37,6 +43,7 @@ from sastc_jax.models.ann import (
     WideResNet,
     WideResNet28x4,
 )
+from sastc_jax.models.network import Network, ResidualBlock, Spiking
 from sastc_jax.models.registry import (
     get_lif_outputs,
     get_model,
@@ -60,12 +67,15 @@ from sastc_jax.models.snn import (
 __all__ = [
     "VGG11",
     "ConvNet",
+    "Network",
     "PyramidNet",
     "PyramidNet20",
     "ResNet",
     "ResNet18",
     "ResNet19",
     "ResNet34",
+    "ResidualBlock",
+    "Spiking",
     "SpikingConvNet",
     "SpikingResNet",
     "SpikingResNet18",

@@ -1,13 +1,10 @@
-"""ANN teacher networks (SPEC §2).
+"""The network definitions, as ANN teachers (the spiking variants: :mod:`sastc_jax.models.snn`).
 
-Common contract of every ANN here:
-
-- input: images ``(B, H, W, C)``; event frames ``(B, T, H, W, C)`` are
-  averaged over T first (the DVS teacher sees the frames collapsed over time);
-  anything else raises ``ValueError``;
-- output: float32 logits ``(B, num_classes)``;
-- taps: each stage output ``(B, H, W, C)`` in the compute dtype, sown into
-  ``'intermediates'/'taps'`` from the top-level module in depth order.
+Each family is one :class:`~sastc_jax.models.network.Network`: its fields give the layout,
+``architecture()`` the layers, and the runner of :mod:`sastc_jax.models.network` runs
+them (the input, output and tap contract is stated there). The spiking students are the
+same definitions with the spiking fields (:class:`~sastc_jax.models.network.Spiking`):
+LIF neurons where the ANN has ReLU.
 
 Initialisation follows each model's PyTorch source (``init_scheme``, see
 :mod:`sastc_jax.models.layers`); batch norm starts at scale 1, bias 0 everywhere:
@@ -20,78 +17,70 @@ Initialisation follows each model's PyTorch source (``init_scheme``, see
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from typing import ClassVar
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from sastc_jax.models.layers import (
-    ConvBN,
-    Dtype,
-    Ops,
-    ann_input,
-    avg_pool,
-    batch_norm,
+from sastc_jax.models.architecture import (
+    Architecture,
+    Block,
+    Layer,
+    activation,
+    check_stages,
     conv,
-    dense,
-    global_avg_pool,
-    max_pool,
-    ops_field,
+    conv_bn,
+    plain_stages,
+    projects,
+    residual_stages,
 )
-from sastc_jax.models.registry import TAPS_COLLECTION, TAPS_NAME, register
+from sastc_jax.models.layers import Dtype, Ops, ops_field
+from sastc_jax.models.network import Network, ResidualBlock
+from sastc_jax.models.registry import register
 
-Array = jax.Array
+_GLOBAL_POOL = Layer("global_avg_pool", "global_pool")
 
 
-def classifier(x: Array, num_classes: int, dtype: Dtype, init_scheme: str) -> Array:
-    """Global average pool + dense: ``(B, H, W, C) -> (B, num_classes)`` float32 logits."""
-    logits = dense(num_classes, dtype=dtype, init_scheme=init_scheme, name="fc")(global_avg_pool(x))
-    return logits.astype(jnp.float32)
+def _classifier(num_classes: int, final_bn: bool = False) -> tuple[Layer, ...]:
+    """The head: BN + ReLU ``bn_final`` where ``final_bn``, global average pool, dense ``fc``."""
+    final = (Layer("bn", "bn_final"), Layer("relu", "relu_final")) if final_bn else ()
+    return (*final, _GLOBAL_POOL, Layer("dense", "fc", num_classes))
 
 
 # -------------------------------------------------------------------------- ResNet
 
 
-class BasicBlock(nn.Module):
-    """Post-activation residual basic block (torchvision).
+class BasicBlock(ResidualBlock):
+    """Post-activation residual basic block (torchvision), the activation ReLU or LIF.
 
-    ``(B, H, W, C_in) -> (B, H/s, W/s, features)``.
-
-    conv3x3(stride) - BN - ReLU - conv3x3 - BN, plus the shortcut (identity, or
-    conv1x1(stride) + BN where the shape changes), ReLU after the sum.
+    conv3x3(stride) - BN - act - conv3x3 - BN, plus the shortcut (identity, or
+    conv1x1(stride) + BN where the shape changes), the activation after the sum.
     """
 
-    features: int
-    stride: int = 1
-    dtype: Dtype = jnp.float32
-    init_scheme: str = "torchvision"
-    ops: Ops = ops_field()
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        conv_bn = functools.partial(
-            ConvBN, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+    @classmethod
+    def describe(cls, in_channels: int, features: int, stride: int) -> Block:
+        act = activation(cls.spiking)
+        shortcut = (conv_bn("shortcut", features, 1, stride),)
+        return Block(
+            body=(
+                conv_bn("conv_bn1", features, 3, stride),
+                Layer(act, f"{act}1"),
+                conv_bn("conv_bn2", features, 3, 1),
+            ),
+            shortcut=shortcut if projects(in_channels, features, stride) else (),
+            after=(Layer(act, f"{act}_out"),),
+            features=features,
+            stride=stride,
         )
-        y = conv_bn(self.features, 3, self.stride, name="conv_bn1")(x, train)
-        y = nn.relu(y)
-        y = conv_bn(self.features, 3, 1, name="conv_bn2")(y, train)
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = conv_bn(self.features, 1, self.stride, name="shortcut")(x, train)
-        return nn.relu(y + shortcut)
 
 
-class ResNet(nn.Module):
-    """ResNet with basic blocks; the stage layout is given by the attributes.
+class ResNet(Network):
+    """ResNet with residual blocks ``block_cls``; the stage layout is given by the fields.
 
-    ``stem='cifar'``: conv3x3 (``stem_width``) + BN + ReLU at full resolution.
-    ``stem='imagenet'``: conv7x7/2 + BN + ReLU + max-pool 3x3/2 (torchvision).
-    Then ``stage_sizes[i]`` basic blocks of width ``widths[i]``, the first one
-    with stride ``strides[i]``; global average pool; dense to ``num_classes``.
-    Taps: the output of every stage.
+    ``stem='cifar'``: conv3x3 (``stem_width``) + BN + activation at full resolution.
+    ``stem='imagenet'``: conv7x7/2 + BN + activation + max-pool 3x3/2 (torchvision).
+    Then ``stage_sizes[i]`` blocks of width ``widths[i]``, the first one with stride
+    ``strides[i]``; global average pool; optional dense ``hidden_features`` + activation;
+    dense to ``num_classes``. Taps: the output of every stage.
     """
 
     num_classes: int
@@ -100,43 +89,36 @@ class ResNet(nn.Module):
     strides: Sequence[int] = (1, 2, 2)
     stem: str = "cifar"
     stem_width: int = 64
+    hidden_features: int | None = None
+    block_cls: type[ResidualBlock] = BasicBlock
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
     ops: Ops = ops_field()
 
-    spiking: ClassVar[bool] = False
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        conv_bn = functools.partial(
-            ConvBN, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
-        )
-        if not len(self.stage_sizes) == len(self.widths) == len(self.strides):
-            raise ValueError("stage_sizes, widths and strides must have the same length.")
-        x = ann_input(x).astype(self.dtype)
-        if self.stem == "cifar":
-            x = nn.relu(conv_bn(self.stem_width, 3, 1, name="stem")(x, train))
-        elif self.stem == "imagenet":
-            x = nn.relu(conv_bn(self.stem_width, 7, 2, name="stem")(x, train))
-            x = max_pool(x, window=3, stride=2, padding=1)
-        else:
+    def architecture(self) -> Architecture:
+        act = activation(self.spiking)
+        check_stages(self.stage_sizes, self.widths, self.strides)
+        stems = {"cifar": (3, 1), "imagenet": (7, 2)}
+        if self.stem not in stems:
             raise ValueError(f"Unknown stem {self.stem!r}; choose 'cifar' or 'imagenet'.")
-
-        for stage, (num_blocks, width, stride) in enumerate(
-            zip(self.stage_sizes, self.widths, self.strides, strict=True)
-        ):
-            for block in range(num_blocks):
-                x = BasicBlock(
-                    width,
-                    stride if block == 0 else 1,
-                    self.dtype,
-                    self.init_scheme,
-                    ops=self.ops,
-                    name=f"stage{stage + 1}_block{block + 1}",
-                )(x, train)
-            self.sow(TAPS_COLLECTION, TAPS_NAME, x)
-
-        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
+        layers: list[Layer | Block] = [
+            conv_bn("stem", self.stem_width, *stems[self.stem]),
+            Layer(act, f"stem_{act}"),
+        ]
+        if self.stem == "imagenet":
+            layers.append(Layer("max_pool", "stem_pool", kernel=3, stride=2, padding=1))
+        widths = [
+            (width,) * size for size, width in zip(self.stage_sizes, self.widths, strict=True)
+        ]
+        layers += residual_stages(self.stem_width, widths, self.strides, self.block_cls.describe)
+        layers.append(_GLOBAL_POOL)
+        if self.hidden_features is not None:
+            layers += [
+                Layer("dense", "fc_hidden", self.hidden_features),
+                Layer(act, f"fc_hidden_{act}"),
+            ]
+        layers.append(Layer("dense", "fc", self.num_classes))
+        return tuple(layers)
 
 
 @register("resnet19_ann")
@@ -163,54 +145,56 @@ class ResNet18(ResNet):
 
 
 @register("resnet34_ann")
-class ResNet34(ResNet):
+class ResNet34(ResNet18):
     """torchvision ResNet-34 (21,797,672 parameters at 1000 classes).
 
     Taps on 224x224 input: (B,56,56,64), (B,28,28,128), (B,14,14,256), (B,7,7,512).
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
-    widths: Sequence[int] = (64, 128, 256, 512)
-    strides: Sequence[int] = (1, 2, 2, 2)
-    stem: str = "imagenet"
 
 
 # ---------------------------------------------------------------------- WideResNet
 
 
-class WideBasicBlock(nn.Module):
-    """Pre-activation wide basic block (Zagoruyko & Komodakis).
+def _blocks_per_stage(depth: int, other_layers: int, family: str) -> int:
+    """Blocks per stage of a three-stage network of ``depth`` layers with two convs per
+    block and ``other_layers`` layers outside them."""
+    if (depth - other_layers) % 6:
+        raise ValueError(f"{family} depth must be 6n + {other_layers}; got {depth}.")
+    return (depth - other_layers) // 6
 
-    ``(B, H, W, C_in) -> (B, H/s, W/s, features)``.
+
+class WideBasicBlock(ResidualBlock):
+    """Pre-activation wide basic block (Zagoruyko & Komodakis).
 
     BN - ReLU - conv3x3(stride) - BN - ReLU - conv3x3, added to the shortcut:
     the input itself when the shape is kept, else a conv1x1(stride) of the
     pre-activated input (as the reference implementation).
     """
 
-    features: int
-    stride: int = 1
-    dtype: Dtype = jnp.float32
     init_scheme: str = "kaiming_fan_out"
-    ops: Ops = ops_field()
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(
-            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+    @classmethod
+    def describe(cls, in_channels: int, features: int, stride: int) -> Block:
+        projected = projects(in_channels, features, stride)
+        return Block(
+            body=(
+                Layer("bn", "bn1"),
+                Layer("relu", "relu1"),
+                conv("conv1", features, 3, stride),
+                Layer("bn", "bn2"),
+                Layer("relu", "relu2"),
+                conv("conv2", features, 3, 1),
+            ),
+            shortcut=(conv("shortcut", features, 1, stride),) if projected else (),
+            shortcut_from="relu1" if projected else "",
+            features=features,
+            stride=stride,
         )
-        preact = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
-        if self.stride == 1 and x.shape[-1] == self.features:
-            shortcut = x
-        else:
-            shortcut = make_conv(self.features, 1, self.stride, name="shortcut")(preact)
-        y = make_conv(self.features, 3, self.stride, name="conv1")(preact)
-        y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
-        y = make_conv(self.features, 3, 1, name="conv2")(y)
-        return y + shortcut
 
 
-class WideResNet(nn.Module):
+class WideResNet(Network):
     """WideResNet-depth-k for CIFAR (no dropout).
 
     conv3x3 16; three stages of ``(depth - 4) / 6`` pre-activation wide basic
@@ -221,35 +205,19 @@ class WideResNet(nn.Module):
     num_classes: int
     depth: int = 28
     widen_factor: int = 4
+    block_cls: type[ResidualBlock] = WideBasicBlock
     dtype: Dtype = jnp.float32
     init_scheme: str = "kaiming_fan_out"
     ops: Ops = ops_field()
 
-    spiking: ClassVar[bool] = False
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(
-            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+    def architecture(self) -> Architecture:
+        blocks_per_stage = _blocks_per_stage(self.depth, 4, "WideResNet")
+        widths = [(16 * scale * self.widen_factor,) * blocks_per_stage for scale in (1, 2, 4)]
+        return (
+            conv("stem", 16, 3, 1),
+            *residual_stages(16, widths, (1, 2, 2), self.block_cls.describe),
+            *_classifier(self.num_classes, final_bn=True),
         )
-        if (self.depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n + 4; got {self.depth}.")
-        blocks_per_stage = (self.depth - 4) // 6
-        x = ann_input(x).astype(self.dtype)
-        x = make_conv(16, 3, 1, name="stem")(x)
-        for stage, (width, stride) in enumerate(zip((16, 32, 64), (1, 2, 2), strict=True)):
-            for block in range(blocks_per_stage):
-                x = WideBasicBlock(
-                    width * self.widen_factor,
-                    stride if block == 0 else 1,
-                    self.dtype,
-                    self.init_scheme,
-                    ops=self.ops,
-                    name=f"stage{stage + 1}_block{block + 1}",
-                )(x, train)
-            self.sow(TAPS_COLLECTION, TAPS_NAME, x)
-        x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn_final")(x))
-        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
 
 
 @register("wrn28_4_ann")
@@ -263,41 +231,40 @@ class WideResNet28x4(WideResNet):
 # ----------------------------------------------------------------------- PyramidNet
 
 
-class PyramidBasicBlock(nn.Module):
-    """PyramidNet basic block (Han et al. 2017).
-
-    ``(B, H, W, C_in) -> (B, H/s, W/s, features)`` with ``features >= C_in``.
+class PyramidBasicBlock(ResidualBlock):
+    """PyramidNet basic block (Han et al. 2017), ``features >= C_in``.
 
     BN - conv3x3(stride) - BN - ReLU - conv3x3 - BN (no ReLU after the sum),
-    added to the zero-padded identity shortcut: 2x2 average pool (ceil mode)
+    added to the zero-padded identity shortcut: a stride x stride average pool (ceil mode)
     when downsampling, then zero channels appended up to ``features``.
     """
 
-    features: int
-    stride: int = 1
-    dtype: Dtype = jnp.float32
-    init_scheme: str = "torchvision"
-    ops: Ops = ops_field()
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(
-            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
+    @classmethod
+    def describe(cls, in_channels: int, features: int, stride: int) -> Block:
+        if features < in_channels:
+            raise ValueError(f"PyramidNet block cannot shrink {in_channels} -> {features}.")
+        shortcut = []
+        if stride != 1:
+            pool = Layer("avg_pool", "shortcut_pool", kernel=stride, stride=stride, ceil=True)
+            shortcut.append(pool)
+        if features > in_channels:
+            shortcut.append(Layer("pad_channels", "shortcut_pad", features))
+        return Block(
+            body=(
+                Layer("bn", "bn1"),
+                conv("conv1", features, 3, stride),
+                Layer("bn", "bn2"),
+                Layer("relu", "relu"),
+                conv("conv2", features, 3, 1),
+                Layer("bn", "bn3"),
+            ),
+            shortcut=tuple(shortcut),
+            features=features,
+            stride=stride,
         )
-        y = batch_norm(train, dtype=self.dtype, name="bn1")(x)
-        y = make_conv(self.features, 3, self.stride, name="conv1")(y)
-        y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
-        y = make_conv(self.features, 3, 1, name="conv2")(y)
-        y = batch_norm(train, dtype=self.dtype, name="bn3")(y)
-        shortcut = avg_pool(x, self.stride, ceil_mode=True) if self.stride != 1 else x
-        extra_channels = self.features - shortcut.shape[-1]
-        if extra_channels < 0:
-            raise ValueError(f"PyramidNet block cannot shrink {x.shape[-1]} -> {self.features}.")
-        shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (0, extra_channels)))
-        return y + shortcut
 
 
-class PyramidNet(nn.Module):
+class PyramidNet(Network):
     """PyramidNet with basic blocks and additive widening, CIFAR layout.
 
     conv3x3 16 + BN; three stages of ``(depth - 2) / 6`` blocks, strides 1/2/2;
@@ -309,39 +276,27 @@ class PyramidNet(nn.Module):
     num_classes: int
     depth: int = 20
     alpha: float = 200.0
+    block_cls: type[ResidualBlock] = PyramidBasicBlock
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
     ops: Ops = ops_field()
 
-    spiking: ClassVar[bool] = False
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        make_conv = functools.partial(
-            conv, dtype=self.dtype, init_scheme=self.init_scheme, ops=self.ops
-        )
-        if (self.depth - 2) % 6:
-            raise ValueError(f"PyramidNet (basic blocks) depth must be 6n + 2; got {self.depth}.")
-        blocks_per_stage = (self.depth - 2) // 6
+    def architecture(self) -> Architecture:
+        blocks_per_stage = _blocks_per_stage(self.depth, 2, "PyramidNet (basic blocks)")
         width_step = self.alpha / (3 * blocks_per_stage)
-        x = ann_input(x).astype(self.dtype)
-        x = make_conv(16, 3, 1, name="stem")(x)
-        x = batch_norm(train, dtype=self.dtype, name="stem_bn")(x)
-        width = 16.0
-        for stage, stride in enumerate((1, 2, 2)):
-            for block in range(blocks_per_stage):
-                width += width_step
-                x = PyramidBasicBlock(
-                    round(width),
-                    stride if block == 0 else 1,
-                    self.dtype,
-                    self.init_scheme,
-                    ops=self.ops,
-                    name=f"stage{stage + 1}_block{block + 1}",
-                )(x, train)
-            self.sow(TAPS_COLLECTION, TAPS_NAME, x)
-        x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn_final")(x))
-        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
+        widths, width = [], 16.0
+        for _ in range(3):
+            stage_widths = []
+            for _ in range(blocks_per_stage):
+                width += width_step  # accumulated block by block, for PyTorch's rounding
+                stage_widths.append(round(width))
+            widths.append(tuple(stage_widths))
+        return (
+            conv("stem", 16, 3, 1),
+            Layer("bn", "stem_bn"),
+            *residual_stages(16, widths, (1, 2, 2), self.block_cls.describe),
+            *_classifier(self.num_classes, final_bn=True),
+        )
 
 
 @register("pyramidnet20_ann")
@@ -356,51 +311,15 @@ class PyramidNet20(PyramidNet):
 # ----------------------------------------------------------------------- plain CNNs
 
 
-def plain_stages(
-    module: nn.Module,
-    x: Array,
-    stages: Sequence[Sequence[int]],
-    pool: str,
-    dtype: Dtype,
-    init_scheme: str,
-    train: bool,
-    ops: Ops,
-) -> Array:
-    """Plain conv stages shared by the VGG-style ANNs; call from ``module``'s compact method.
-
-    Each stage: for every width, conv3x3 (no bias) + BN + ReLU; then a 2x2
-    pool (``'max'`` or ``'avg'``, floor); the pooled output is sown as a tap.
-    """
-    if not stages or not all(stages):
-        raise ValueError(f"Every stage needs at least one conv width; got {stages!r}.")
-    if pool not in ("max", "avg"):
-        raise ValueError(f"pool must be 'max' or 'avg'; got {pool!r}.")
-    for stage, widths in enumerate(stages):
-        for layer, width in enumerate(widths):
-            conv_bn = ConvBN(
-                width,
-                3,
-                1,
-                dtype,
-                init_scheme=init_scheme,
-                ops=ops,
-                name=f"stage{stage + 1}_conv{layer + 1}",
-            )
-            x = conv_bn(x, train)
-            x = nn.relu(x)
-        x = max_pool(x, 2, 2) if pool == "max" else avg_pool(x, 2)
-        module.sow(TAPS_COLLECTION, TAPS_NAME, x)
-    return x
-
-
 @register("vgg11_ann")
-class VGG11(nn.Module):
-    """VGG-11-style ANN teacher for event data and CIFAR: the ``vgg11_snn`` body with ReLU.
+class VGG11(Network):
+    """VGG-11-style network for event data and CIFAR: plain conv stages.
 
     Layout ``[64, 128, P, 256, 256, P, 512, 512, P, 512, 512, P]`` (conv3x3 +
-    BN + ReLU, P = 2x2 max-pool by default), global average pool, dense.
-    Event frames (B, T, H, W, C) are averaged over T. Taps: every pooling
-    stage; on 48x48: 24x24x128, 12x12x256, 6x6x512, 3x3x512.
+    BN + activation, P = 2x2 ``pool``: max for the ANN, average for the SNN), global
+    average pool, dense. Taps: every pooling stage; on 48x48: 24x24x128, 12x12x256,
+    6x6x512, 3x3x512. ``stages`` can give another layout, e.g. the classic VGG-11 "A"
+    one ``((64,), (128,), (256, 256), (512, 512), (512, 512))``.
     """
 
     num_classes: int
@@ -410,37 +329,38 @@ class VGG11(nn.Module):
     init_scheme: str = "kaiming_fan_out"
     ops: Ops = ops_field()
 
-    spiking: ClassVar[bool] = False
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        x = ann_input(x).astype(self.dtype)
-        x = plain_stages(
-            self, x, self.stages, self.pool, self.dtype, self.init_scheme, train, self.ops
+    def architecture(self) -> Architecture:
+        return (
+            *plain_stages(self.stages, activation(self.spiking), self.pool),
+            *_classifier(self.num_classes),
         )
-        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
 
 
 @register("convnet_ann")
-class ConvNet(nn.Module):
-    """Small CPU-friendly ANN teacher (Fashion-MNIST, quickstart).
+class ConvNet(Network):
+    """Small CPU-friendly network (Fashion-MNIST, quickstart).
 
-    Per stage: conv3x3 (no bias) + BN + ReLU, 2x2 max-pool; one tap per stage —
-    on 28x28: (B,14,14,32), (B,7,7,64), (B,3,3,128); on 32x32: 16, 8, 4
-    spatial. Then global average pool and a dense layer to the classes.
+    Per stage: conv3x3 (no bias) + BN + activation, 2x2 ``pool``; one tap per stage —
+    on 28x28: (B,14,14,32), (B,7,7,64), (B,3,3,128); on 32x32: 16, 8, 4 spatial. Then
+    the classifier input ``head``: ``'global_avg_pool'`` or ``'flatten'`` (the last map
+    flattened, so the parameter count depends on the input size); a dense layer.
     """
 
     num_classes: int
     widths: Sequence[int] = (32, 64, 128)
+    pool: str = "max"
+    head: str = "global_avg_pool"
     dtype: Dtype = jnp.float32
     init_scheme: str = "kaiming_fan_out"
     ops: Ops = ops_field()
 
-    spiking: ClassVar[bool] = False
-
-    @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
-        x = ann_input(x).astype(self.dtype)
+    def architecture(self) -> Architecture:
+        heads = {"global_avg_pool": _GLOBAL_POOL, "flatten": Layer("flatten", "flatten")}
+        if self.head not in heads:
+            raise ValueError(f"head must be one of {sorted(heads)}; got {self.head!r}.")
         stages = tuple((width,) for width in self.widths)
-        x = plain_stages(self, x, stages, "max", self.dtype, self.init_scheme, train, self.ops)
-        return classifier(x, self.num_classes, self.dtype, self.init_scheme)
+        return (
+            *plain_stages(stages, activation(self.spiking), self.pool),
+            heads[self.head],
+            Layer("dense", "fc", self.num_classes),
+        )

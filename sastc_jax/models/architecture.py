@@ -1,16 +1,15 @@
-"""One declarative description of each model family's layers, derived from the model's fields.
+"""The vocabulary a model's layers are described in, and the readers of a description.
 
-:func:`describe` turns a model (its stage sizes, widths, strides, stem, ...) into its
-layers in execution order: a tuple of :class:`Layer` and :class:`Block` (a residual
-block). It says what each Flax module is and where it lives, nothing about how it
-computes (that is the model's ``__call__``). Its readers:
+Every model of the zoo is a :class:`sastc_jax.models.network.Network`: its
+``architecture()`` method turns its fields into its layers in execution order (a tuple of
+:class:`Layer` and :class:`Block`, a residual block), and its ``__call__`` runs exactly
+those layers. The description is therefore the model, not a second account of it; it says
+what each Flax module is and where it lives. Its readers:
 
 - the NIR export (:func:`sastc_jax.interop.nir_plan.plan`) builds its graph from the students'
   descriptions;
 - the PyTorch import (:mod:`sastc_jax.interop.pytorch`) takes our module paths of the
-  teachers from :func:`parameter_modules` and keeps only the PyTorch-side names;
-- ``tests/test_architecture.py`` checks that every registered model's description lists
-  exactly the module paths of its initialised variables.
+  teachers from :func:`parameter_modules` and keeps only the PyTorch-side names.
 
 Layer kinds (:data:`KINDS`) and the Flax modules they hold:
 
@@ -22,10 +21,9 @@ Layer kinds (:data:`KINDS`) and the Flax modules they hold:
   ``'global_avg_pool'`` (per channel, over the whole map), ``'flatten'``,
   ``'pad_channels'`` (zero channels appended up to ``features``): no variables.
 
-The SNN and ANN ResNets share one description (:func:`resnet`, the activation aside), as
-do the SNN and ANN plain conv stages (:func:`plain_stages`): the module paths
-``stem``, ``stage{s}_block{b}/{conv_bn1,conv_bn2,shortcut}``, ``stage{s}_conv{l}``,
-``fc`` are written once for students and teachers.
+The helpers below (:func:`conv_bn`, :func:`residual_stages`, :func:`plain_stages`) write
+the module paths ``stem``, ``stage{s}_block{b}``, ``stage{s}_conv{l}``, ``fc`` once for
+every family, students and teachers alike.
 """
 
 from __future__ import annotations
@@ -34,9 +32,6 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
-
-from sastc_jax.models.ann import VGG11, ConvNet, PyramidNet, ResNet, WideResNet
-from sastc_jax.models.snn import SpikingConvNet, SpikingResNet, SpikingVGG11
 
 KINDS = (
     "conv_bn",
@@ -63,6 +58,7 @@ class Layer:
     ``features``: a conv's or dense layer's output width, a channel pad's target width;
     ``kernel``, ``stride``, ``padding``: a conv's square kernel, stride and symmetric
     padding, or a pool's window, stride and padding; ``ceil``: a pool rounds up.
+    ``tap``: the layer's output is a distillation tap (sown by the top-level module).
     """
 
     kind: str
@@ -72,6 +68,7 @@ class Layer:
     stride: int = 1
     padding: int = 0
     ceil: bool = False
+    tap: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -85,28 +82,49 @@ class Block:
     ``body`` runs on the block input; ``shortcut`` (empty: the identity) runs on the block
     input, or on the output of the body layer named ``shortcut_from``; their sum goes
     through ``after`` (empty: the sum is the block output). Layer names are relative to
-    the block.
+    the block. ``features`` and ``stride``: the block module's output width and stride.
     """
 
     body: tuple[Layer, ...]
     shortcut: tuple[Layer, ...] = ()
     shortcut_from: str = ""
     after: tuple[Layer, ...] = ()
+    features: int = 0
+    stride: int = 1
     # Set by residual_stages:
     name: str = ""
     stage: int = 0
     index: int = 0
+    tap: bool = False
 
 
 Architecture = tuple[Layer | Block, ...]
 
 
-def _conv_bn(name: str, features: int, kernel: int, stride: int) -> Layer:
+def activation(spiking: bool) -> str:
+    """The activation kind of a spiking (``'lif'``) or ANN (``'relu'``) network."""
+    return "lif" if spiking else "relu"
+
+
+def conv_bn(name: str, features: int, kernel: int, stride: int) -> Layer:
+    """A conv + BN with PyTorch's symmetric padding ``kernel // 2``."""
     return Layer("conv_bn", name, features, kernel, stride, kernel // 2)
 
 
-def _conv(name: str, features: int, kernel: int, stride: int) -> Layer:
+def conv(name: str, features: int, kernel: int, stride: int) -> Layer:
+    """A bare conv with PyTorch's symmetric padding ``kernel // 2``."""
     return Layer("conv", name, features, kernel, stride, kernel // 2)
+
+
+def projects(in_channels: int, width: int, stride: int) -> bool:
+    """Whether a block changes the shape of its input, so that its shortcut must too."""
+    return stride != 1 or in_channels != width
+
+
+def check_stages(stage_sizes: Sequence[int], widths: Sequence[int], strides: Sequence[int]):
+    """Raise unless the per-stage settings of a residual network have one entry per stage."""
+    if not len(stage_sizes) == len(widths) == len(strides):
+        raise ValueError("stage_sizes, widths and strides must have the same length.")
 
 
 def residual_stages(
@@ -117,209 +135,65 @@ def residual_stages(
 ) -> list[Block]:
     """The blocks ``stage{s}_block{b}`` of residual stages: stage ``s`` has one block per
     width in ``block_widths[s]``, the first with stride ``strides[s]``;
-    ``make_block(in_channels, width, stride)`` describes one (this names and numbers it).
+    ``make_block(in_channels, width, stride)`` describes one (this names and numbers it,
+    and marks each stage's last block as a tap).
     """
     blocks, channels = [], in_channels
     for stage, (widths, stride) in enumerate(zip(block_widths, strides, strict=True), 1):
         for index, width in enumerate(widths, 1):
-            block = make_block(channels, width, stride if index == 1 else 1)
+            block_stride = stride if index == 1 else 1
+            block = make_block(channels, width, block_stride)
             name = f"stage{stage}_block{index}"
-            blocks.append(dataclasses.replace(block, name=name, stage=stage, index=index))
+            blocks.append(
+                dataclasses.replace(
+                    block,
+                    features=width,
+                    stride=block_stride,
+                    name=name,
+                    stage=stage,
+                    index=index,
+                    tap=index == len(widths),
+                )
+            )
             channels = width
     return blocks
 
 
-def _projects(in_channels: int, width: int, stride: int) -> bool:
-    """Whether a block changes the shape of its input, so that its shortcut must too."""
-    return stride != 1 or in_channels != width
-
-
-def resnet(model: SpikingResNet | ResNet) -> Architecture:
-    """The spiking (LIF) or ANN (ReLU) ResNet with basic blocks, from one set of fields."""
-    activation = "lif" if model.spiking else "relu"
-    if not len(model.stage_sizes) == len(model.widths) == len(model.strides):
-        raise ValueError("stage_sizes, widths and strides must have the same length.")
-    stems = {"cifar": (3, 1), "imagenet": (7, 2)}
-    if model.stem not in stems:
-        raise ValueError(f"Unknown stem {model.stem!r}; choose 'cifar' or 'imagenet'.")
-    layers: list[Layer | Block] = [
-        _conv_bn("stem", model.stem_width, *stems[model.stem]),
-        Layer(activation, f"stem_{activation}"),
-    ]
-    if model.stem == "imagenet":
-        layers.append(Layer("max_pool", "stem_pool", kernel=3, stride=2, padding=1))
-
-    def block(in_channels: int, width: int, stride: int) -> Block:
-        projects = _projects(in_channels, width, stride)
-        return Block(
-            body=(
-                _conv_bn("conv_bn1", width, 3, stride),
-                Layer(activation, f"{activation}1"),
-                _conv_bn("conv_bn2", width, 3, 1),
-            ),
-            shortcut=(_conv_bn("shortcut", width, 1, stride),) if projects else (),
-            after=(Layer(activation, f"{activation}_out"),),
-        )
-
-    widths = [(width,) * size for size, width in zip(model.stage_sizes, model.widths, strict=True)]
-    layers += residual_stages(model.stem_width, widths, model.strides, block)
-    layers.append(Layer("global_avg_pool", "global_pool"))
-    if getattr(model, "hidden_features", None) is not None:
-        layers += [
-            Layer("dense", "fc_hidden", model.hidden_features),
-            Layer("lif", "fc_hidden_lif"),
-        ]
-    layers.append(Layer("dense", "fc", model.num_classes))
-    return tuple(layers)
-
-
 def plain_stages(stages: Sequence[Sequence[int]], activation: str, pool: str) -> list[Layer]:
     """Plain conv stages: per stage, conv3x3 + BN ``stage{s}_conv{l}`` and its activation
-    ``stage{s}_conv{l}_{activation}`` per width, then a 2x2 ``pool`` pool ``stage{s}_pool``."""
+    ``stage{s}_conv{l}_{activation}`` per width, then a 2x2 ``pool`` pool ``stage{s}_pool``
+    (floor), whose output is the stage's tap."""
     if not stages or not all(stages):
         raise ValueError(f"Every stage needs at least one conv width; got {stages!r}.")
+    if pool not in ("max", "avg"):
+        raise ValueError(f"pool must be 'max' or 'avg'; got {pool!r}.")
     layers = []
     for stage, widths in enumerate(stages, 1):
         for index, width in enumerate(widths, 1):
             name = f"stage{stage}_conv{index}"
-            layers += [_conv_bn(name, width, 3, 1), Layer(activation, f"{name}_{activation}")]
-        layers.append(Layer(f"{pool}_pool", f"stage{stage}_pool", kernel=2, stride=2))
+            layers += [conv_bn(name, width, 3, 1), Layer(activation, f"{name}_{activation}")]
+        layers.append(Layer(f"{pool}_pool", f"stage{stage}_pool", kernel=2, stride=2, tap=True))
     return layers
 
 
-def vgg11(model: SpikingVGG11 | VGG11) -> Architecture:
-    """The spiking or ANN VGG-11: plain stages, global average pool, ``fc``."""
-    activation, pool = ("lif", "avg") if model.spiking else ("relu", model.pool)
-    return (
-        *plain_stages(model.stages, activation, pool),
-        Layer("global_avg_pool", "global_pool"),
-        Layer("dense", "fc", model.num_classes),
-    )
-
-
-def convnet(model: SpikingConvNet | ConvNet) -> Architecture:
-    """The small ConvNet: one conv per stage; the SNN flattens, the ANN global-average-pools."""
-    stages = tuple((width,) for width in model.widths)
-    if model.spiking:
-        head = (Layer("flatten", "flatten"),)
-        layers = plain_stages(stages, "lif", "avg")
-    else:
-        head = (Layer("global_avg_pool", "global_pool"),)
-        layers = plain_stages(stages, "relu", "max")
-    return (*layers, *head, Layer("dense", "fc", model.num_classes))
-
-
-def wide_resnet(model: WideResNet) -> Architecture:
-    """WideResNet-depth-k: conv ``stem``; pre-activation wide blocks (BN-ReLU-conv twice,
-    a conv ``shortcut`` of the pre-activated input where the shape changes); ``bn_final``."""
-    if (model.depth - 4) % 6:
-        raise ValueError(f"WideResNet depth must be 6n + 4; got {model.depth}.")
-    blocks_per_stage = (model.depth - 4) // 6
-
-    def block(in_channels: int, width: int, stride: int) -> Block:
-        projects = _projects(in_channels, width, stride)
-        return Block(
-            body=(
-                Layer("bn", "bn1"),
-                Layer("relu", "relu1"),
-                _conv("conv1", width, 3, stride),
-                Layer("bn", "bn2"),
-                Layer("relu", "relu2"),
-                _conv("conv2", width, 3, 1),
-            ),
-            shortcut=(_conv("shortcut", width, 1, stride),) if projects else (),
-            shortcut_from="relu1" if projects else "",
-        )
-
-    widths = [(16 * scale * model.widen_factor,) * blocks_per_stage for scale in (1, 2, 4)]
-    return (
-        _conv("stem", 16, 3, 1),
-        *residual_stages(16, widths, (1, 2, 2), block),
-        Layer("bn", "bn_final"),
-        Layer("relu", "relu_final"),
-        Layer("global_avg_pool", "global_pool"),
-        Layer("dense", "fc", model.num_classes),
-    )
-
-
-def pyramidnet(model: PyramidNet) -> Architecture:
-    """PyramidNet (basic blocks, additive widening): conv ``stem`` + ``stem_bn``; blocks
-    BN-conv-BN-ReLU-conv-BN with a zero-padded (average-pooled where strided) identity
-    shortcut; ``bn_final``."""
-    if (model.depth - 2) % 6:
-        raise ValueError(f"PyramidNet (basic blocks) depth must be 6n + 2; got {model.depth}.")
-    blocks_per_stage = (model.depth - 2) // 6
-    width_step = model.alpha / (3 * blocks_per_stage)
-    widths = []
-    width = 16.0
-    for _ in range(3):
-        stage_widths = []
-        for _ in range(blocks_per_stage):
-            width += width_step  # accumulated as the model does, for the same rounding
-            stage_widths.append(round(width))
-        widths.append(tuple(stage_widths))
-
-    def block(in_channels: int, width: int, stride: int) -> Block:
-        shortcut = []
-        if stride != 1:
-            shortcut.append(Layer("avg_pool", "shortcut_pool", kernel=2, stride=2, ceil=True))
-        if width < in_channels:
-            raise ValueError(f"PyramidNet block cannot shrink {in_channels} -> {width}.")
-        if width > in_channels:
-            shortcut.append(Layer("pad_channels", "shortcut_pad", width))
-        return Block(
-            body=(
-                Layer("bn", "bn1"),
-                _conv("conv1", width, 3, stride),
-                Layer("bn", "bn2"),
-                Layer("relu", "relu"),
-                _conv("conv2", width, 3, 1),
-                Layer("bn", "bn3"),
-            ),
-            shortcut=tuple(shortcut),
-        )
-
-    return (
-        _conv("stem", 16, 3, 1),
-        Layer("bn", "stem_bn"),
-        *residual_stages(16, widths, (1, 2, 2), block),
-        Layer("bn", "bn_final"),
-        Layer("relu", "relu_final"),
-        Layer("global_avg_pool", "global_pool"),
-        Layer("dense", "fc", model.num_classes),
-    )
-
-
-# Each family's description, by the model class it describes (and its subclasses).
-FAMILIES: tuple[tuple[type[nn.Module], Callable[..., Architecture]], ...] = (
-    (SpikingResNet, resnet),
-    (ResNet, resnet),
-    (SpikingVGG11, vgg11),
-    (VGG11, vgg11),
-    (SpikingConvNet, convnet),
-    (ConvNet, convnet),
-    (WideResNet, wide_resnet),
-    (PyramidNet, pyramidnet),
-)
-
-
 def is_described(model: nn.Module) -> bool:
-    """Whether ``model``'s class (or a base) has a description here."""
-    return any(isinstance(model, family) for family, _ in FAMILIES)
+    """Whether ``model`` describes its layers (it has an ``architecture()`` method, as every
+    :class:`~sastc_jax.models.network.Network` does)."""
+    return callable(getattr(model, "architecture", None))
 
 
 def describe(model: nn.Module) -> Architecture:
-    """The layers of ``model`` in execution order, from its fields.
+    """The layers of ``model`` in execution order: ``model.architecture()``, the layers
+    its ``__call__`` runs.
 
-    ``ValueError`` for a model class without a description, or fields the model rejects.
+    ``ValueError`` for a model without a description, or fields the model rejects.
     """
-    for family, description in FAMILIES:
-        if isinstance(model, family):
-            return description(model)
-    described = ", ".join(family.__name__ for family, _ in FAMILIES)
-    raise ValueError(
-        f"no architecture description for {type(model).__name__}; described: {described}."
-    )
+    if not is_described(model):
+        raise ValueError(
+            f"no architecture description for {type(model).__name__}: a described model is "
+            "a sastc_jax.models.network.Network with an architecture() method."
+        )
+    return tuple(model.architecture())
 
 
 def parameter_modules(architecture: Architecture) -> list[tuple[Block | None, tuple[str, ...]]]:

@@ -23,8 +23,7 @@ at scale 1, bias 0):
   layers PyTorch's defaults (weights and biases). torchvision's ResNets, the
   release's ResNet-19 and PyramidNet teachers.
 - ``'kaiming_fan_out'``: convs Kaiming-normal fan-out, linear weights PyTorch's
-  default, linear biases zero. The release's WRN teacher; also this project's
-  scheme for every model before the release's was followed.
+  default, linear biases zero. The release's WRN teacher.
 
 Fan-in of a conv is ``k*k*C_in``, fan-out ``k*k*C_out``. Parameters are always
 float32; ``dtype`` is only the compute dtype.
@@ -184,15 +183,17 @@ def conv(
     dtype: Dtype = jnp.float32,
     init_scheme: str = "torchvision",
     ops: Ops | None = None,
+    padding: int | None = None,
     name: str | None = None,
 ) -> nn.Conv:
-    """Bias-free square conv with PyTorch-style symmetric padding ``kernel_size // 2``.
+    """Bias-free square conv with PyTorch-style symmetric ``padding`` (``None``:
+    ``kernel_size // 2``).
 
     Explicit padding (not ``'SAME'``) keeps strided convs aligned with the
     PyTorch reference on even inputs. ``init_scheme`` names the scheme (module docstring);
     ``ops`` gives the convolution's form (``None``: ``ops.select('auto')``).
     """
-    pad = kernel_size // 2
+    pad = kernel_size // 2 if padding is None else padding
     return nn.Conv(
         features,
         (kernel_size, kernel_size),
@@ -250,9 +251,8 @@ class Dense(nn.Module):
         )
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        # One 2-D product over the merged leading dims (T*B for a time-major input): with
-        # them kept separate, XLA's CPU kernel gradient contracted two dims and copied the
-        # output gradient transposed first (one more (T, B, features) array, and its time).
+        # One 2-D product over the merged leading dims (T*B for a time-major input), so the
+        # kernel gradient is one 2-D product too (docs/performance.md, model layers).
         rows = x.reshape(-1, fan_in)
         y = jax.lax.dot_general(rows, kernel, (((1,), (0,)), ((), ())))
         y = y.reshape(*x.shape[:-1], self.features)
@@ -271,7 +271,8 @@ def dense(
 
 
 class ConvBN(nn.Module):
-    """Bias-free conv followed by batch norm, on ``(..., H, W, C)``.
+    """Bias-free conv (symmetric ``padding``, ``None``: ``kernel_size // 2``) followed by
+    batch norm, on ``(..., H, W, C)``.
 
     The conv runs on all leading dims merged into one batch; the batch norm's statistics
     cover them all, so a time-major SNN activation ``(T, B, H, W, C)`` is convolved and
@@ -284,6 +285,7 @@ class ConvBN(nn.Module):
     dtype: Dtype = jnp.float32
     init_scheme: str = "torchvision"
     ops: Ops = ops_field()
+    padding: int | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -294,11 +296,11 @@ class ConvBN(nn.Module):
             dtype=self.dtype,
             init_scheme=self.init_scheme,
             ops=self.ops,
+            padding=self.padding,
             name="conv",
         )
-        # Normalised in the caller's layout: the statistics are the same, and a spiking
-        # layer's cotangent then reaches the batch norm without a reshape (XLA stored
-        # it twice across one).
+        # Normalised in the caller's layout (the statistics are the same), so a spiking
+        # layer's cotangent reaches the batch norm without a reshape (docs/performance.md).
         return batch_norm(train, dtype=self.dtype, name="bn")(apply_on_images(convolution, x))
 
 
