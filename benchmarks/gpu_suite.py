@@ -83,9 +83,12 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 def configurations(smoke: bool) -> list[dict]:
     if smoke:
         return [dict(config) for config in SMOKE_CONFIGURATIONS]
+    # Smallest shapes first: the B=64 rows the goals are read from come before any budget cut.
     return [
         {"method": method, "batch": batch, "time_steps": steps, "dtype": dtype}
-        for method, batch, steps, dtype in itertools.product(METHODS, *FULL_SHAPES.values())
+        for batch, steps, method, dtype in itertools.product(
+            FULL_SHAPES["batch"], FULL_SHAPES["time_steps"], METHODS, FULL_SHAPES["dtype"]
+        )
     ]
 
 
