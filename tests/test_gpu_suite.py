@@ -2,11 +2,10 @@
 CPU and writes a result for each (a peer that is not installed is a skip with its reason)."""
 
 import json
-import subprocess
 import sys
 
 import pytest
-from processes import REPO, environment, finish
+from processes import REPO, environment, run
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -40,16 +39,8 @@ def test_smoke_run_measures_every_part(tmp_path):
     output = tmp_path / "suite.json"
     command = [sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--smoke"]
     command += ["--json", str(output), "--release-dir", str(tmp_path / "no_release")]
-    process = subprocess.Popen(
-        command,
-        env=environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    status, log = finish(process, timeout=600)
-    assert status == 0, log[-3000:]
+    result = run(command, environment(), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
     results = json.loads(output.read_text())
     assert set(results["part_seconds"]) == {"ours", "release", "frameworks"}
     ours = results["ours"]

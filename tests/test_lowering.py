@@ -13,17 +13,15 @@ program.
 
 import json
 import re
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from processes import environment, finish
+from processes import environment, run
 from test_configs import load_config
 
 from sastc_jax import configuration, data, losses, neurons, ops, parallel, train
@@ -213,8 +211,10 @@ def test_lif_tangent_primitive_lowers_for_gpu_and_tpu():
 DATA_PARALLEL = textwrap.dedent(
     """
     import json
+    import sys
     import jax
     from sastc_jax import parallel
+    sys.path.insert(0, "tests")  # run from the repository root
     import test_lowering as lowering
 
     mesh = parallel.make_mesh()
@@ -235,18 +235,11 @@ DATA_PARALLEL = textwrap.dedent(
 
 
 def test_data_parallel_steps_lower_for_gpu_and_tpu():
-    process = subprocess.Popen(
-        [sys.executable, "-c", DATA_PARALLEL],
-        cwd=Path(__file__).parent,
-        env=environment(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    status, output = finish(process, timeout=300)
-    assert status == 0, output[-3000:]
-    results = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    flags = "--xla_force_host_platform_device_count=4"
+    result = run([sys.executable, "-c", DATA_PARALLEL], environment(XLA_FLAGS=flags), 300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    results = json.loads(lines[-1])
     assert sorted(results) == [
         f"{c} {n}" for c in ("kd T=16", "sastc T=2") for n in ("eval", "train")
     ]
