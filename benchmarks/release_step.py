@@ -8,7 +8,9 @@ is its training iteration: teacher forward under ``no_grad``, student forward, C
 (+ beta * SASTC), ``zero_grad``, ``backward``, SGD step (lr 0.01, momentum 0.9, weight
 decay 5e-4). The only change is device placement: on a machine without CUDA,
 ``Tensor.cuda`` returns the tensor itself. The attention MLP input is the batch (the
-release's ``--mlp_dim`` must equal it). Needs the optional ``torch`` extra.
+release's ``--mlp_dim`` must equal it). With CUDA, the models, the attention module and
+the batch are moved to the GPU (``loss.item()`` ends each iteration, so the timing is
+synchronised). Needs the optional ``torch`` extra.
 
     python benchmarks/release_step.py --release-dir .release/CIFAR10 --method sastc --json
 """
@@ -79,11 +81,13 @@ def measure(
 
     if threads:
         torch.set_num_threads(threads)
-    if not torch.cuda.is_available():
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
         torch.Tensor.cuda = lambda self, *args, **kwargs: self  # device placement only
     release = import_release(release_dir)
     torch.manual_seed(0)
-    teacher, student = release["resnet19"](num_classes=NUM_CLASSES), release["resnet18snn"]()
+    teacher = release["resnet19"](num_classes=NUM_CLASSES).to(device)
+    student = release["resnet18snn"]().to(device)
     student.T = time_steps
     teacher.eval()
     student.train()
@@ -92,7 +96,7 @@ def measure(
     params = list(student.parameters())
     kd_module = criterion_kd = None
     if method == "sastc":
-        probe = torch.randn(batch, 3, 32, 32)
+        probe = torch.randn(batch, 3, 32, 32, device=device)
         with torch.no_grad():
             teacher_features, _ = teacher(probe.clone(), get_feature=True)
             student_features, _ = student(probe.clone(), get_feature=True)
@@ -104,13 +108,13 @@ def measure(
             batch,
             student_channels,
             teacher_channels,
-        )
+        ).to(device)
         kd_module.train()
         criterion_kd = release["SASTCLoss"]()
         params += list(kd_module.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    images = torch.randn(batch, 3, 32, 32)
-    labels = torch.randint(0, NUM_CLASSES, (batch,))
+    images = torch.randn(batch, 3, 32, 32, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
 
     def iteration() -> float:
         # The student's input encoding unsqueezes its argument in place: pass a copy.
@@ -151,6 +155,8 @@ def measure(
         "loss": loss,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "peak_device_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
     }
 
 

@@ -2,7 +2,10 @@
 
 Dense rows (the public benchmark): one dense layer N -> N over the merged T*B batch, then
 one LIF layer, batch B=16, T time steps; one timed call is the forward pass plus the
-backward pass of the spike sum with respect to the layer's weights and bias. Conv rows:
+backward pass of the spike sum with respect to the layer's weights and bias, returning
+the sum and the gradient (``value_and_grad`` in JAX, as ``loss.backward()`` after the
+forward in PyTorch): with the gradient alone XLA could skip the forward spikes, whose
+cotangent is all ones, which no network feeding its spikes to a next layer can. Conv rows:
 a ResNet-19 stage-1 spiking block, conv3x3 128 -> 128 (no bias) at 32x32 + batch norm
 (training mode, statistics over T*B) + LIF, batch ``--conv-batch`` (16), input spikes
 (T, B, 32, 32, 128) with rate 0.2; backward of the spike sum w.r.t. the conv weight and
@@ -152,7 +155,7 @@ def jax_dense(framework: str, n: int, steps: int, timing: Timing) -> dict:
     def spike_sum(params, inputs):
         return jnp.sum(model.apply(params, inputs))
 
-    return compile_and_time(jax.grad(spike_sum), (params, inputs), timing)
+    return compile_and_time(jax.value_and_grad(spike_sum), (params, inputs), timing)
 
 
 def compile_and_time(function, args: tuple, timing: Timing) -> dict:
@@ -234,7 +237,7 @@ def jax_conv(framework: str, steps: int, batch: int, timing: Timing) -> dict:
         )
         return jnp.sum(spiking(currents))
 
-    return compile_and_time(jax.grad(spike_sum), (params, state, inputs), timing)
+    return compile_and_time(jax.value_and_grad(spike_sum), (params, state, inputs), timing)
 
 
 def spyx_dense(n: int, steps: int, timing: Timing) -> dict:
@@ -258,7 +261,7 @@ def spyx_dense(n: int, steps: int, timing: Timing) -> dict:
 
     @nnx.jit
     def step(model, inputs):
-        return nnx.grad(lambda m: jnp.sum(m(inputs)))(model)
+        return nnx.value_and_grad(lambda m: jnp.sum(m(inputs)))(model)
 
     record = time_calls(lambda: jax.block_until_ready(step(model, inputs)), timing)
     record["version"] = spyx.__version__
@@ -272,15 +275,17 @@ def torch_dense(framework: str, n: int, steps: int, timing: Timing) -> dict:
     import torch
     from torch import nn
 
+    device = torch_device()
     torch.manual_seed(0)
-    inputs = torch.rand(steps, BATCH, n)
-    linear = nn.Linear(n, n)
+    inputs = torch.rand(steps, BATCH, n, device=device)
+    linear = nn.Linear(n, n).to(device)
+    backend = "torch"
     if framework == "spikingjelly":
         import spikingjelly
         from spikingjelly.activation_based import functional, layer, neuron
 
-        linear = layer.Linear(n, n, step_mode="m")
-        lif = sj_lif_node(neuron)
+        linear = layer.Linear(n, n, step_mode="m").to(device)
+        lif, backend = sj_lif_node(neuron, device)
         version = getattr(spikingjelly, "__version__", package_version("spikingjelly"))
 
         def forward():
@@ -337,46 +342,67 @@ def torch_dense(framework: str, n: int, steps: int, timing: Timing) -> dict:
     def call():
         for p in params:
             p.grad = None
-        forward().sum().backward()
+        total = forward().sum()
+        total.backward()
+        return total.item()
 
     record = time_calls(call, timing)
-    record["version"] = version
+    record.update(version=version, backend=backend, device=str(device))
     record["torch_threads"] = torch.get_num_threads()
     return record
 
 
-def sj_lif_node(neuron):
-    """This project's neuron in SpikingJelly: H = 0.5 V + X, hard reset to 0, not detached."""
-    return neuron.LIFNode(
-        tau=2.0,
-        decay_input=False,
-        v_threshold=1.0,
-        v_reset=0.0,
-        detach_reset=False,
-        step_mode="m",
-    )
+def torch_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sj_lif_node(neuron, device) -> tuple:
+    """This project's neuron in SpikingJelly: H = 0.5 V + X, hard reset to 0, not detached.
+
+    Returns ``(node, backend)``: on CUDA its CuPy kernels where this SpikingJelly has a
+    ``backend`` argument and CuPy imports, else its torch form ('torch').
+    """
+    import inspect
+
+    settings = dict(tau=2.0, decay_input=False, v_threshold=1.0, v_reset=0.0, detach_reset=False)
+    backend = "torch"
+    if device.type == "cuda" and "backend" in inspect.signature(neuron.LIFNode).parameters:
+        try:
+            import cupy  # noqa: F401
+
+            backend = "cupy"
+        except ImportError:
+            pass
+        settings["backend"] = backend
+    return neuron.LIFNode(step_mode="m", **settings).to(device), backend
 
 
 def torch_conv(steps: int, batch: int, timing: Timing) -> dict:
     import torch
     from spikingjelly.activation_based import functional, layer, neuron
 
+    device = torch_device()
     torch.manual_seed(0)
     shape = (steps, batch, CONV_CHANNELS, CONV_SIZE, CONV_SIZE)
-    inputs = (torch.rand(shape) < 0.2).float()
+    inputs = (torch.rand(shape, device=device) < 0.2).float()
     conv = layer.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1, bias=False, step_mode="m")
-    bn = layer.BatchNorm2d(CONV_CHANNELS, step_mode="m")
-    lif = sj_lif_node(neuron)
+    conv = conv.to(device)
+    bn = layer.BatchNorm2d(CONV_CHANNELS, step_mode="m").to(device)
+    lif, backend = sj_lif_node(neuron, device)
     params = list(conv.parameters()) + list(bn.parameters())
 
     def call():
         for p in params:
             p.grad = None
         functional.reset_net(lif)
-        lif(bn(conv(inputs))).sum().backward()
+        total = lif(bn(conv(inputs))).sum()
+        total.backward()
+        return total.item()
 
     record = time_calls(call, timing)
-    record["version"] = package_version("spikingjelly")
+    record.update(version=package_version("spikingjelly"), backend=backend, device=str(device))
     record["torch_threads"] = torch.get_num_threads()
     return record
 

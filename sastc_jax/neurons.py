@@ -11,12 +11,12 @@ a surrogate derivative for the backward pass, defined with ``jax.custom_jvp`` so
 forward- and reverse-mode autodiff both use it.
 
 Inputs are time-major ``(T, ...)``. :func:`lif` is one ``jax.custom_jvp`` over
-the whole sequence: the forward is a loop over T that keeps only the pre-reset
-membrane ``u_t`` (float32, written over the currents' own buffer; ``s_t`` and
-``v_t`` follow from it), and the tangent is a second scan, linear in the input
-tangent, that applies the surrogate chain step by step (recomputing ``s_t`` and
-``g(u_t - v_th)`` from ``u_t``). Forward mode runs that scan. Reverse mode saves
-``u_t`` alone, one float32 per neuron-step, and runs a reverse loop:
+the whole sequence: the forward is a loop over T that keeps the pre-reset
+membrane ``u_t`` (float32, written over the currents' own buffer; ``v_t`` follows
+from it) and writes the spikes ``s_t`` as it goes, and the tangent is a second
+scan, linear in the input tangent, that applies the surrogate chain step by step
+(recomputing ``s_t`` and ``g(u_t - v_th)`` from ``u_t``). Forward mode runs that
+scan. Reverse mode saves ``u_t`` alone, one float32 per neuron-step, and runs a reverse loop:
 
 - short sequences (T <= ``FULL_UNROLL_MAX_T``) are unrolled, so that XLA fuses the
   update with its neighbours, and reverse mode is JAX's transpose of the tangent
@@ -125,8 +125,11 @@ def lif_step(
 FULL_UNROLL_MAX_T = 8
 
 
-def _membrane_scan(currents: Array, bias: Array | None, config: LIFConfig) -> Array:
-    """The pre-reset membrane ``u_t`` of every step, ``(T, ...)`` float32 from float32.
+def _membrane_and_spikes(
+    currents: Array, bias: Array | None, config: LIFConfig
+) -> tuple[Array, Array]:
+    """The pre-reset membrane ``u_t`` and the spikes ``s_t`` of every step: two
+    ``(T, ...)`` float32 arrays from float32 currents.
 
     ``bias`` (or None) is added to every step's input inside the loop: ``x_t + bias``.
     """
@@ -142,16 +145,21 @@ def _membrane_scan(currents: Array, bias: Array | None, config: LIFConfig) -> Ar
     # zeros_like keeps the input's sharding/varying-axis type, as scan under shard_map needs.
     u_init = jnp.zeros_like(currents[0])
     if currents.shape[0] <= FULL_UNROLL_MAX_T:
-        return jax.lax.scan(step, u_init, currents, unroll=True)[1]
+        membrane = jax.lax.scan(step, u_init, currents, unroll=True)[1]
+        return membrane, _spike(membrane, config)
 
     # The loop writes u_t over x_t in the currents' own buffer (read and written at the
-    # same index, so XLA updates it in place): no zero-filled output buffer to allocate.
+    # same index, so XLA updates it in place), and s_t into a buffer of its own. With the
+    # spikes computed after the loop from u_t, the membrane would have a second reader
+    # besides the backward loop that writes over it, and XLA would copy it whole.
     def write_step(t, carry):
-        u_prev, buffer = carry
+        u_prev, buffer, spikes = carry
         u, _ = step(u_prev, jax.lax.dynamic_index_in_dim(buffer, t, keepdims=False))
-        return u, jax.lax.dynamic_update_index_in_dim(buffer, u, t, 0)
+        spikes = jax.lax.dynamic_update_index_in_dim(spikes, _spike(u, config), t, 0)
+        return u, jax.lax.dynamic_update_index_in_dim(buffer, u, t, 0), spikes
 
-    return jax.lax.fori_loop(0, currents.shape[0], write_step, (u_init, currents))[1]
+    carry = (u_init, currents, jnp.zeros_like(currents))
+    return jax.lax.fori_loop(0, currents.shape[0], write_step, carry)[1:]
 
 
 def _spike(u: Array, config: LIFConfig) -> Array:
@@ -204,24 +212,22 @@ def _lif_sequence(
 
     ``currents`` is ``(T, ...)``; ``bias`` is broadcast against one step, ``(...)``.
     """
-    return _outputs(_membrane_scan(*_currents_and_bias(inputs), config), config, with_membrane)
+    return _outputs(*_membrane_and_spikes(*_currents_and_bias(inputs), config), with_membrane)
 
 
 def _currents_and_bias(inputs: tuple[Array] | tuple[Array, Array]) -> tuple[Array, Array | None]:
     return (inputs[0], inputs[1]) if len(inputs) == 2 else (inputs[0], None)
 
 
-def _outputs(membrane: Array, config: LIFConfig, with_membrane: bool) -> tuple[Array, ...]:
-    """``(spikes,)`` or ``(spikes, membrane)`` from the membrane ``u_t``."""
-    spikes = _spike(membrane, config)
+def _outputs(membrane: Array, spikes: Array, with_membrane: bool) -> tuple[Array, ...]:
     return (spikes, membrane) if with_membrane else (spikes,)
 
 
 @_lif_sequence.defjvp
 def _lif_sequence_jvp(config, with_membrane, primals, tangents):
     (inputs,), (inputs_dot,) = primals, tangents
-    membrane = _membrane_scan(*_currents_and_bias(inputs), config)
-    out = _outputs(membrane, config, with_membrane)
+    membrane, spikes = _membrane_and_spikes(*_currents_and_bias(inputs), config)
+    out = _outputs(membrane, spikes, with_membrane)
     currents_dot, bias_dot = _currents_and_bias(inputs_dot)
     if membrane.shape[0] <= FULL_UNROLL_MAX_T:
         return out, _tangent_scan(membrane, currents_dot, bias_dot, config, with_membrane)
