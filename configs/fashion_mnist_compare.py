@@ -34,7 +34,7 @@ SASTC rows alone are 8.6 hours (docs/comparison.md has the sum). A full 24-epoch
   the learning rate is chosen for ``ce`` on validation from (0.05, 0.1, 0.2, 0.5) and beta
   for ``sastc`` from (10, 30, 100, 800), seed 0; the doubling check trains ``ce`` and
   ``sastc`` for 48 epochs on seed 0.
-- Rows (seeds 0, 1, 2): ``ce``, ``kd``, ``kd_per_step`` (SPEC §3b), ``layerwise``,
+- Rows (seeds 0, 1, 2): ``ce``, ``kd``, ``kd_per_step`` (docs/method.md §7.2), ``layerwise``,
   ``spatial``, ``sastc``, ``sastc_scaled`` (learned attention scale from 1: the setting
   that put every planted weight of ``alignment_check`` at >= 0.9, docs/alignment.md) and
   ``sastc_released`` (the release's SGD lr 0.01, momentum 0.9, weight decay 5e-4, beta

@@ -1,4 +1,4 @@
-"""Classification, logit-distillation and total training losses (SPEC §3.6).
+"""Classification, logit-distillation and total training losses (docs/method.md §6).
 
 Student logits are per time step ``(T, B, classes)``; the prediction is their
 mean over T. Teacher logits are ``(B, classes)``.
@@ -17,7 +17,7 @@ Array = jax.Array
 # The values of config.method; the calibrated ones are the Calibration module's methods.
 METHODS = ("ce", "kd", "layerwise", "spatial", "sastc")
 CALIBRATED_METHODS = ("layerwise", "spatial", "sastc")
-# What the KD term distils (SPEC §3b): the time-mean logits (the paper) or every step's.
+# What the KD term distils (docs/method.md §7.2): the time-mean logits (the paper) or every step's.
 KD_TARGETS = ("mean", "per_step")
 
 
@@ -49,10 +49,12 @@ def kd_loss(
 ) -> Array:
     """Logit distillation, ``student_logits`` ``(T, B, K)``, ``teacher_logits`` ``(B, K)``.
 
-    - ``target='mean'`` (SPEC §3.6): ``tau^2 * mean_b KL(softmax(z_a/tau) || softmax(z_bar/tau))``
-      of the time-mean logits ``z_bar``;
-    - ``target='per_step'`` (SPEC §3b): ``tau^2 * (1/T) sum_t mean_b KL(softmax(z_a/tau) ||
-      softmax(z_t/tau))``, every time step distilled on its own.
+    - ``target='mean'`` (docs/method.md §6):
+      ``tau^2 * mean_b KL(softmax(z_a/tau) || softmax(z_bar/tau))`` of the time-mean
+      logits ``z_bar``;
+    - ``target='per_step'`` (docs/method.md §7.2):
+      ``tau^2 * (1/T) sum_t mean_b KL(softmax(z_a/tau) || softmax(z_t/tau))``, every time
+      step distilled on its own.
 
     The two agree at T = 1.
     """
