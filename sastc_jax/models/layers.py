@@ -1,4 +1,4 @@
-"""Flax building blocks shared by the model zoo (SPEC §1, §2).
+"""Flax building blocks shared by the model zoo (docs/method.md §2-§4).
 
 Layout conventions:
 
@@ -23,8 +23,7 @@ at scale 1, bias 0):
   layers PyTorch's defaults (weights and biases). torchvision's ResNets, the
   release's ResNet-19 and PyramidNet teachers.
 - ``'kaiming_fan_out'``: convs Kaiming-normal fan-out, linear weights PyTorch's
-  default, linear biases zero. The release's WRN teacher; also this project's
-  scheme for every model before the release's was followed.
+  default, linear biases zero. The release's WRN teacher.
 
 Fan-in of a conv is ``k*k*C_in``, fan-out ``k*k*C_out``. Parameters are always
 float32; ``dtype`` is only the compute dtype.
@@ -250,9 +249,9 @@ class Dense(nn.Module):
         )
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        # One 2-D product over the merged leading dims (T*B for a time-major input): with
-        # them kept separate, XLA's CPU kernel gradient contracted two dims and copied the
-        # output gradient transposed first (one more (T, B, features) array, and its time).
+        # One 2-D product over the merged leading dims (T*B for a time-major input), so that
+        # the kernel gradient is one plain matmul of the output gradient as it is stored
+        # (docs/performance.md, "The LIF layer").
         rows = x.reshape(-1, fan_in)
         y = jax.lax.dot_general(rows, kernel, (((1,), (0,)), ((), ())))
         y = y.reshape(*x.shape[:-1], self.features)
@@ -297,8 +296,8 @@ class ConvBN(nn.Module):
             name="conv",
         )
         # Normalised in the caller's layout: the statistics are the same, and a spiking
-        # layer's cotangent then reaches the batch norm without a reshape (XLA stored
-        # it twice across one).
+        # layer's cotangent then reaches the batch norm without a reshape, across which
+        # XLA keeps it twice (docs/performance.md).
         return batch_norm(train, dtype=self.dtype, name="bn")(apply_on_images(convolution, x))
 
 

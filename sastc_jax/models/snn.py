@@ -1,4 +1,4 @@
-"""Spiking student networks (SPEC §1, §2).
+"""Spiking student networks (docs/method.md §2-§4).
 
 Common contract of every SNN here:
 
@@ -207,7 +207,7 @@ class SpikingResNet(nn.Module):
 
 @register("resnet19_snn")
 class SpikingResNet19(SpikingResNet):
-    """Spiking ResNet-19 of the SASTC release (CIFAR), SPEC §2.
+    """Spiking ResNet-19 of the SASTC release (CIFAR), docs/method.md §4.
 
     conv3x3 64 + BN + LIF; basic-block stages [3, 3, 2] of widths 128/256/512,
     strides 1/2/2; global average pool; dense 256 + LIF; dense classes.
@@ -345,11 +345,10 @@ class SpikingConvNet(nn.Module):
     16, 8, 4 spatial. Classifier: the last pooled map flattened per time step
     and one dense layer to the classes (the ANN counterpart is ``convnet_ann``).
 
-    The classifier flattens rather than global-average-pools: on Fashion-MNIST
-    (T=2, 2 epochs, SGD + cosine, batch 128) the flattened head reached 89.5%
-    test accuracy against 83.6-86.2% for a global average pool, whose few
-    spike rates per channel are too coarse a code. Its parameter count
-    therefore depends on the input size (104,426 on 28x28x1 at 10 classes).
+    The classifier flattens rather than global-average-pools (a few spike rates
+    per channel are too coarse a code; docs/performance.md, "Design choices
+    measured"), so its parameter count depends on the input size (104,426 on
+    28x28x1 at 10 classes).
     """
 
     num_classes: int
