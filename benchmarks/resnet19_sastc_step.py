@@ -2,7 +2,8 @@
 
 ResNet-19 ANN teacher -> ResNet-19 SNN student, CIFAR shapes (32x32x3), B=64, T=2,
 beta=800. Prints the compile time and the mean time of the following steps, with the
-same for plain KD (``--method=kd``) for the SASTC/KD cost ratio (SPEC §3: about 1.8x).
+same for plain KD (``--method=kd``) for the SASTC/KD cost ratio (docs/method.md §5.6: about
+1.8x by MAC count).
 
     python benchmarks/resnet19_sastc_step.py [--batch 64] [--time-steps 2] [--steps 2]
 """

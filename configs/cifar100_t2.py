@@ -1,4 +1,5 @@
-"""CIFAR-100, T=2: ResNet-19 ANN -> ResNet-19 SNN with SASTC, the release recipe (SPEC §5)."""
+"""CIFAR-100, T=2: ResNet-19 ANN -> ResNet-19 SNN with SASTC,
+the release recipe (docs/method.md §9)."""
 
 from sastc_jax.configuration import base_config
 

@@ -1,4 +1,4 @@
-"""Self-attentive spatio-temporal calibration (SPEC §3) and its baselines (SPEC §4).
+"""Self-attentive spatio-temporal calibration (docs/method.md §5) and its baselines (§8).
 
 Shapes: B = calibration (per-device) batch, T = time steps, S = student taps,
 K = teacher taps, d = attention embedding size (B // 4 by default).
@@ -147,7 +147,7 @@ class Calibration(nn.Module):
         instead of keeping them (less memory, the same numbers).
       ops: the convolution and rematerialisation forms (:mod:`sastc_jax.ops`);
         ``ops.select('auto')`` when not given.
-      attention_scale: ``s`` in ``softmax_j(s * <q, k>)`` (SPEC §3b); 1 = the paper.
+      attention_scale: ``s`` in ``softmax_j(s * <q, k>)`` (docs/method.md §7.1); 1 = the paper.
       learn_attention_scale: learn ``s`` (positive, as the parameter ``log_scale``
         initialised to ``log(attention_scale)``); off, the module has no such parameter.
 
@@ -428,12 +428,12 @@ def calibration_loss(
       student_taps: S arrays ``(T, B, H_i, W_i, C_i)``.
       teacher_taps: K arrays ``(B, H_j, W_j, C_j)``; no gradient flows into them.
       method: ``'sastc'`` | ``'spatial'`` | ``'layerwise'``, or a :class:`Strategy`.
-      attention_scale, learn_attention_scale: as :class:`Calibration` (SPEC §3b); a
+      attention_scale, learn_attention_scale: as :class:`Calibration` (docs/method.md §7); a
         learned scale is read from ``variables`` (``log_scale``).
       ops: the convolution forms (:mod:`sastc_jax.ops`); ``None``: ``select('auto')``.
 
     Returns:
-      ``(loss, attention)``: the scalar ``L_sastc`` of SPEC §3.5 and the attention
+      ``(loss, attention)``: the scalar ``L_sastc`` of docs/method.md §5.5 and the attention
       ``(T, B, S, K)`` (``(1, B, S, K)`` for ``spatial``); rows sum to 1 for
       ``sastc``/``spatial``. The regressor batch norms use batch statistics only,
       so there is no state to update.

@@ -20,7 +20,7 @@ import math
 import ml_collections
 
 from sastc_jax import data, methods, models, neurons, ops
-from sastc_jax.interop import pytorch
+from sastc_jax.checkpoints import is_torch_checkpoint
 from sastc_jax.methods.terms import KD_TARGETS
 from sastc_jax.models.layers import INIT_SCHEMES
 
@@ -68,7 +68,7 @@ def optimizer_config(
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Defaults of the release's CIFAR-10 ResNet-19 -> ResNet-19 SASTC run (SPEC §5)."""
+    """Defaults of the release's CIFAR-10 ResNet-19 -> ResNet-19 SASTC run (docs/method.md §9)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.stage = "all"  # 'teacher' | 'distill' | 'all' | 'evaluate'
@@ -144,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict(
         dict(gamma=1.0, alpha_kd=1.0, beta=800.0, temperature=4.0)
     )
-    # SPEC §3b, off by default: KD on every time step's logits ('per_step') instead of
+    # docs/method.md §7, off by default: KD on every time step's logits ('per_step') instead of
     # the time-mean ('mean'); attention logits scale * <q, k>, the scale fixed or learned.
     config.loss.kd_target = "mean"
     config.loss.attention_scale = 1.0
@@ -171,8 +171,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
     config.log_every_steps = 50
-    # TensorBoard scalars in WORKDIR/tensorboard/ when tensorboardX is installed (the
-    # `tensorboard` extra); without it, one info line and no event files.
+    # TensorBoard scalars in WORKDIR/tensorboard/ (tensorboardX, a dependency); without
+    # tensorboardX importable, one info line and no event files.
     config.tensorboard = True
     # 0 = whole epochs; a positive value cuts every epoch short (smoke tests only).
     config.max_steps_per_epoch = 0
@@ -202,7 +202,7 @@ def _validate_choices(config: ml_collections.ConfigDict) -> None:
     """The enumerated fields, the dataset and the teacher file against the stage."""
     _choice("stage", config.stage, STAGES)
     _choice("evaluate", config.evaluate, EVALUATED)
-    if config.stage == "teacher" and pytorch.is_torch_checkpoint(config.teacher.checkpoint):
+    if config.stage == "teacher" and is_torch_checkpoint(config.teacher.checkpoint):
         raise ValueError(
             f"config.teacher.checkpoint = {config.teacher.checkpoint!r} is a PyTorch file to "
             "import; the `teacher` stage trains and saves an orbax teacher directory. Use "

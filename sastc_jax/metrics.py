@@ -6,7 +6,7 @@ training loop needs no ``if process_index == 0`` of its own.
 
 TensorBoard: every train / validation / test record of ``metrics.jsonl`` is also written
 as scalars ``<stage>/<split>/<name>`` (``accuracy_per_t`` as ``accuracy_t1``, ...) to
-``workdir/tensorboard/`` through tensorboardX (the ``tensorboard`` extra), whose writer
+``workdir/tensorboard/`` through tensorboardX (a dependency of the package), whose writer
 thread does the file I/O: the loop only hands it host values it already has.
 """
 
@@ -91,7 +91,7 @@ class MetricsLogger:
                 if self.tensorboard is None:
                     self.info(
                         "tensorboardX is not installed: no TensorBoard event files "
-                        "(pip install -e '.[tensorboard]'; config.tensorboard=False hides "
+                        "(pip install tensorboardX; config.tensorboard=False hides "
                         "this line)"
                     )
 

@@ -1,4 +1,4 @@
-"""Leaky integrate-and-fire (LIF) dynamics as pure functions (SPEC §1).
+"""Leaky integrate-and-fire (LIF) dynamics as pure functions (docs/method.md §2).
 
 Per neuron, for t = 1..T with v_0 = 0::
 
@@ -117,11 +117,8 @@ def lif_step(
     return u * (1.0 - spike), (spike, u)
 
 
-# Up to this many steps the scans are unrolled. Measured on the 2-core CPU, LIF forward and
-# backward alone, B=16 (unrolled vs loop, ms): ResNet-19 stage-1 shapes (32, 32, 128) at
-# T=2 1.2 vs 20, T=4 12 vs 34, T=8 47 vs 75, T=10 164 vs 95; N=4096 at T=4 0.21 vs 0.63,
-# T=8 1.1 vs 1.0, T=16 5.9 vs 1.8. Unrolled, XLA fuses across steps and recomputes; partial
-# unrolling (2, 4, 8) of the loop was slower than none at T=50 and T=500.
+# Up to this many steps the scans are unrolled (XLA fuses across the steps); beyond it the
+# loop is faster. The timings that set it: docs/performance.md, "LIF unrolling threshold".
 FULL_UNROLL_MAX_T = 8
 
 
@@ -271,10 +268,9 @@ def _cotangent_loop(
     ``membrane``'s buffer (read and written at one index, so XLA updates it in place).
     """
 
-    # The carry is u_bar itself, not tau * u_bar: with the scaled value carried, XLA fused
+    # The carry is u_bar itself, not tau * u_bar: with the scaled value carried, XLA fuses
     # the step's arithmetic into each of its consumers, each reading the buffer at t, and
-    # then copied the whole buffer every step (the LIF forward and backward at T=500, B=16,
-    # N=512: 394 against 4.9 ms).
+    # then copies the whole buffer every step (docs/performance.md, "The LIF layer").
     def step(index, carry):
         later_bar, buffer = carry
         t = membrane.shape[0] - 1 - index

@@ -1,4 +1,4 @@
-"""The regressors of the calibration (SPEC §3.4): a (student, teacher) tap pair brought
+"""The regressors of the calibration (docs/method.md §5.4): a (student, teacher) tap pair brought
 to one spatial size, then ``R_ij``: conv3x3(C_i -> 2 C_j) -> per-time-step BN -> ReLU ->
 conv1x1(2 C_j -> C_j), no biases.
 
@@ -51,7 +51,7 @@ def adaptive_pool(x: Array, out_hw: tuple[int, int], reduce: str) -> Array:
 
 
 def align_pair(student: Array, teacher: Array) -> tuple[Array, Array]:
-    """Bring one (student, teacher) pair to the same spatial size (SPEC §3.4).
+    """Bring one (student, teacher) pair to the same spatial size (docs/method.md §5.4).
 
     ``student`` is ``(N, H_i, W_i, C_i)`` (N = T*B), ``teacher`` ``(B, H_j, W_j, C_j)``.
     A larger student map is max-pooled down to the teacher's size; otherwise the

@@ -69,7 +69,7 @@ def test_attention_ceiling_matches_the_closed_forms():
     three_targets = alignment_check.attention_ceiling(((1, 2, 0), (2, 0, 0)), 3)
     assert one_target == pytest.approx(e / (e + 2 / e), abs=2e-3)
     assert three_targets == pytest.approx(e / (e + 2 * e**-0.5), abs=2e-3)
-    # Logits s * <q, k> (SPEC §3b): keys 120 degrees apart give e^s / (e^s + 2 e^(-s/2)).
+    # Logits s * <q, k> (docs/method.md §7.1): keys 120 degrees apart give e^s / (e^s + 2 e^(-s/2)).
     scaled = alignment_check.attention_ceiling(((1, 2, 0), (2, 0, 0)), 3, scale=3.0)
     assert scaled == pytest.approx(e**3 / (e**3 + 2 * e**-1.5), abs=2e-3)
 
@@ -125,7 +125,7 @@ def test_fast_check_recovers_the_planted_pairs(tmp_path, capsys):
 
 @pytest.mark.slow  # about 2 minutes on 2 shared cores
 def test_learned_attention_scale_puts_every_planted_weight_above_0_9(tmp_path, capsys):
-    """With the attention scale learned from 1 (SPEC §3b), seed 0's planted weight is
+    """With the attention scale learned from 1 (docs/method.md §7.1), seed 0's planted weight is
     >= 0.9 at every (t, student tap), above the 0.691 joint ceiling of unit cosines."""
     cli_flags.parse(
         ["--steps", "600", "--seed", "0", "--method", "sastc", "--learn-attention-scale"]

@@ -1,4 +1,4 @@
-"""SASTC calibration (SPEC §3) against an independent per-(t, b, i, j) loop reference."""
+"""SASTC calibration (docs/method.md §5) against an independent per-(t, b, i, j) loop reference."""
 
 import math
 
@@ -281,7 +281,7 @@ def test_initialised_as_the_release_with_pytorch_defaults():
     assert checked == 4 * 4 + 4 * 4
 
 
-# ---- attention scale (SPEC §3b) -----------------------------------------------------
+# ---- attention scale (docs/method.md §7.1) -----------------------------------------------------
 
 
 def test_default_scale_adds_no_parameter_and_changes_no_number():

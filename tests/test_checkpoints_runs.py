@@ -1,4 +1,4 @@
-"""``sastc_jax.checkpoints.load_run`` on a finished run written by earlier code.
+"""``sastc_jax.train.load_run`` on a finished run written by earlier code.
 
 ``tests/data/tiny_run`` was written by commit 40cc26e (how, and the figures measured
 there: ``tests/data/README.md``); every test uses a copy of it. Its test split is TFDS's
@@ -54,7 +54,7 @@ def stored_state(step_dir: Path) -> dict:
 
 
 def test_load_run_reads_the_config_the_student_and_its_variables(run_dir):
-    run = checkpoints.load_run(run_dir, "best")
+    run = train.load_run(run_dir, "best")
     widths = run.config.student.model_kwargs.widths
     assert widths == (4, 8, 8) and isinstance(widths, tuple)  # config.json lists as tuples
     assert isinstance(run.model, SpikingConvNet) and run.model.widths == (4, 8, 8)
@@ -67,7 +67,7 @@ def test_load_run_reads_the_config_the_student_and_its_variables(run_dir):
     assert [path for path, _ in flat] == [path for path, _ in want]
     for (path, leaf), (_, value) in zip(flat, want, strict=True):
         np.testing.assert_array_equal(np.asarray(leaf), value, err_msg=jax.tree_util.keystr(path))
-    latest = checkpoints.load_run(run_dir, "final")
+    latest = train.load_run(run_dir, "final")
     assert latest.checkpoint_dir == run_dir / "student" / "latest"
 
 
@@ -75,19 +75,19 @@ def test_load_run_errors_name_what_is_missing(run_dir, tmp_path):
     with pytest.raises(
         ValueError, match=r"checkpoint must be one of \['best', 'final', 'latest'\]"
     ):
-        checkpoints.load_run(run_dir, "newest")
+        train.load_run(run_dir, "newest")
     with pytest.raises(FileNotFoundError, match=r"no config\.json there"):
-        checkpoints.load_run(tmp_path)
+        train.load_run(tmp_path)
     shutil.rmtree(run_dir / "student" / "best")
     with pytest.raises(checkpoints.CheckpointError, match=r"no best checkpoint in .*student/best"):
-        checkpoints.load_run(run_dir, "best")
+        train.load_run(run_dir, "best")
 
 
 def test_a_damaged_checkpoint_of_the_run_is_named_never_loaded(run_dir):
     step_dir = run_dir / "student" / "latest" / "2"
     faults.flip_byte(faults.array_files(step_dir)[0])
     with pytest.raises(checkpoints.CorruptCheckpointError) as info:
-        checkpoints.load_run(run_dir, "latest")
+        train.load_run(run_dir, "latest")
     message = str(info.value)
     assert message.startswith(f"the checkpoint at {step_dir} is corrupt: state/")
     assert "does not match its SHA-256 (bytes altered)" in message
@@ -119,8 +119,8 @@ def test_analysis_gives_the_figures_of_the_code_that_wrote_the_run(run_dir, mock
     assert entropy == pytest.approx(ANALYSIS_ENTROPY, rel=1e-5)
 
 
-def test_the_verify_command_of_the_old_name_passes_on_the_run(run_dir):
-    command = [sys.executable, "-m", "sastc_jax.checkpointing", "verify", f"--workdir={run_dir}"]
+def test_the_verify_command_passes_on_the_run(run_dir):
+    command = [sys.executable, "-m", "sastc_jax.checkpoints", "verify", f"--workdir={run_dir}"]
     completed = subprocess.run(
         command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300
     )

@@ -31,7 +31,7 @@ LIBRARY = [
 ]
 LIBRARY_MODULES = [
     importlib.import_module(f"sastc_jax.{name}")
-    for name in [*LIBRARY, "checkpointing", "checkpoints.verify", "data.verify", "distributed"]
+    for name in [*LIBRARY, "checkpoints.verify", "data.verify", "distributed"]
 ]
 SHARED = {"config", "workdir", "checkpoint", "output"}
 
@@ -41,9 +41,8 @@ ALIASES = {
     "sastc_jax.compare": ([], ["--config", "--workdir", "--[no]train", "--phases"]),
     "sastc_jax.analyze": ([], ["--workdir"]),
     "sastc_jax.diagnose": ([], ["--workdir"]),
-    "sastc_jax.export": ([], ["--workdir", "--checkpoint", "--output", "--dt"]),
+    "sastc_jax.interop": ([], ["--workdir", "--checkpoint", "--output", "--dt"]),
     "sastc_jax.plots": ([], ["--workdir", "--output"]),
-    "sastc_jax.checkpointing": (["verify"], ["--workdir"]),
     "sastc_jax.checkpoints": (["verify"], ["--workdir"]),
     "sastc_jax.data": (["verify"], ["--config", "--output", "--threads", "--[no]progress"]),
     "sastc_jax.experiments.alignment_check": (
@@ -130,7 +129,7 @@ def test_the_training_command_line_lists_its_flags():
 
 
 def test_a_bad_flag_on_the_command_line_exits_2_with_the_message():
-    completed = command_line("sastc_jax.export", "--workdir=x", "--checkpoint=latest")
+    completed = command_line("sastc_jax.interop", "--workdir=x", "--checkpoint=latest")
     assert completed.returncode == 2
     assert "error: flag --checkpoint=latest: value should be one of <best|final>" in (
         completed.stderr

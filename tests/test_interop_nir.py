@@ -474,7 +474,7 @@ def quickstart_workdir(directory, *, with_student: bool = True):
 
 
 def export_command(*args: str) -> int:
-    """``python -m sastc_jax.export ARGS`` in this process; returns its exit status."""
+    """``python -m sastc_jax.interop ARGS`` in this process; returns its exit status."""
     return cli_flags.call(export_cli.main, args)
 
 

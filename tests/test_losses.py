@@ -1,4 +1,4 @@
-"""CE, KD and the total objective (SPEC §3.6)."""
+"""CE, KD and the total objective (docs/method.md §6)."""
 
 import jax
 import jax.numpy as jnp

@@ -473,7 +473,7 @@ def recovery_cli(workdir, epochs, **kwargs):
 
 
 def verify_command(workdir) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "sastc_jax.checkpointing", "verify", f"--workdir={workdir}"]
+    command = [sys.executable, "-m", "sastc_jax.checkpoints", "verify", f"--workdir={workdir}"]
     return subprocess.run(
         command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300
     )

@@ -1,4 +1,4 @@
-"""LIF dynamics and surrogate gradients (SPEC §1)."""
+"""LIF dynamics and surrogate gradients (docs/method.md §2)."""
 
 import functools
 import math

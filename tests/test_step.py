@@ -42,7 +42,7 @@ def value_and_grad(objective, args):
 
 
 def reference_calibration(calibrator, params, student_taps, teacher_taps):
-    """SPEC §3.5 pair by pair: one :class:`Regressor` call per (i, j), no grouping."""
+    """docs/method.md §5.5 pair by pair: one :class:`Regressor` call per (i, j), no grouping."""
     attention = calibrator.apply(
         {"params": params}, student_taps, teacher_taps, method=calibration.Calibration.attention
     )

@@ -1,5 +1,5 @@
 """The data-parallel step on 8 simulated devices equals the per-device program run shard
-by shard on one device with the gradients averaged (SPEC §6: every trainable parameter,
+by shard on one device with the gradients averaged (docs/method.md §10: every trainable parameter,
 the calibration module's too, is data-parallel)."""
 
 import json

@@ -8,11 +8,12 @@
 - :mod:`~sastc_jax.checkpoints.stage`: :class:`Checkpoints`, a stage's ``latest/`` and
   ``best/`` steps, resume with fallback; :func:`load_stage_state`;
 - :mod:`~sastc_jax.checkpoints.teacher`: the teacher store;
-- :mod:`~sastc_jax.checkpoints.runs`: :func:`load_run`, a trained run's config, student
-  and variables;
+- :mod:`~sastc_jax.checkpoints.runs`: a trained run's config (:func:`load_config`) and
+  student checkpoint (:func:`load_student_state`; :func:`sastc_jax.train.load_run` adds
+  the model);
 - :mod:`~sastc_jax.checkpoints.verify`: :func:`verify_workdir`, what ``python -m
-  sastc_jax.checkpoints verify --workdir=DIR`` runs (``sastc_jax.checkpointing`` is the
-  same command; its command line is :mod:`sastc_jax.cli.checkpoints`).
+  sastc_jax.checkpoints verify --workdir=DIR`` runs (its command line is
+  :mod:`sastc_jax.cli.checkpoints`).
 """
 
 from sastc_jax.checkpoints.errors import (
@@ -29,7 +30,7 @@ from sastc_jax.checkpoints.integrity import (
     verify_checksums,
     write_checksums,
 )
-from sastc_jax.checkpoints.runs import Run, load_config, load_run
+from sastc_jax.checkpoints.runs import RUN_CHECKPOINTS, load_config, load_student_state
 from sastc_jax.checkpoints.stage import (
     BEST_METRIC,
     METADATA,
@@ -42,7 +43,9 @@ from sastc_jax.checkpoints.stage import (
 from sastc_jax.checkpoints.teacher import (
     RECORD,
     TEACHER_RECORD_KEYS,
+    TORCH_SUFFIXES,
     VARIABLES,
+    is_torch_checkpoint,
     load_teacher,
     save_teacher,
     teacher_exists,
@@ -56,21 +59,23 @@ __all__ = [
     "INTERRUPTED_SAVE",
     "METADATA",
     "RECORD",
+    "RUN_CHECKPOINTS",
     "STAGE_CHECKPOINTS",
     "STATE",
     "TEACHER_RECORD_KEYS",
+    "TORCH_SUFFIXES",
     "VARIABLES",
     "CheckpointError",
     "Checkpoints",
     "CorruptCheckpointError",
     "Resumed",
-    "Run",
     "TeacherMismatchError",
     "all_processes_agree",
     "find_checkpoints",
+    "is_torch_checkpoint",
     "load_config",
-    "load_run",
     "load_stage_state",
+    "load_student_state",
     "load_teacher",
     "nonfinite_leaves",
     "save_teacher",

@@ -26,6 +26,15 @@ from sastc_jax.checkpoints.restore import open_manager, restore_verified, to_jso
 PyTree = Any
 VARIABLES, RECORD = "variables", "record"
 TEACHER_RECORD_KEYS = ("model", "num_classes", "dataset", "accuracy")
+# A teacher checkpoint is this store's directory or a file that sastc_jax.interop.pytorch
+# imports, told apart by these suffixes.
+TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".safetensors")
+
+
+def is_torch_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a PyTorch or safetensors file (by its suffix), to import with
+    :mod:`sastc_jax.interop.pytorch` rather than restore from this store."""
+    return os.fspath(path).lower().endswith(TORCH_SUFFIXES)
 
 
 def _teacher_manager(directory: epath.Path, *, reading: bool) -> ocp.CheckpointManager:

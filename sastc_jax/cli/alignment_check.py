@@ -34,7 +34,9 @@ flags.register_validator(
 )
 LEARNING_RATE = flags.DEFINE_float("learning-rate", 3e-3, "Adam's learning rate (> 0).")
 ATTENTION_SCALE = flags.DEFINE_float(
-    "attention-scale", 1.0, "Attention logits scale * <q, k> (SPEC 3b; 1 = the paper; > 0)."
+    "attention-scale",
+    1.0,
+    "Attention logits scale * <q, k> (docs/method.md §7.1; 1 = the paper; > 0).",
 )
 flags.register_validator(
     LEARNING_RATE.name, lambda value: value > 0, message="--learning-rate must be > 0."

@@ -1,7 +1,6 @@
-"""``python -m sastc_jax.checkpoints verify --workdir=DIR`` (also ``python -m
-sastc_jax.checkpointing verify ...``): check the checksums of every stage and teacher
-checkpoint under a run (:func:`sastc_jax.checkpoints.verify_workdir`). Exit status 0 only
-if there is at least one and all are intact."""
+"""``python -m sastc_jax.checkpoints verify --workdir=DIR``: check the checksums of every
+stage and teacher checkpoint under a run (:func:`sastc_jax.checkpoints.verify_workdir`).
+Exit status 0 only if there is at least one and all are intact."""
 
 from __future__ import annotations
 

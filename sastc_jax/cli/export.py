@@ -1,4 +1,4 @@
-"""``python -m sastc_jax.export --workdir=DIR [--checkpoint=best|final] [--output=FILE]``:
+"""``python -m sastc_jax.interop --workdir=DIR [--checkpoint=best|final] [--output=FILE]``:
 the trained student as a NIR graph (:func:`sastc_jax.interop.nir.export_workdir`), by default
 into ``DIR/student.nir``. Flag of its own: ``--dt``."""
 

@@ -43,8 +43,7 @@ import numpy as np
 from sastc_jax.data import augment as aug
 from sastc_jax.data.augment import ExampleRandom
 from sastc_jax.data.errors import DatasetNotFoundError
-from sastc_jax.data.readers import ReadOptions
-from sastc_jax.data.specs import DatasetSpec
+from sastc_jax.data.specs import DatasetSpec, ReadOptions
 
 SENSOR_SIZE = (128, 128, 2)  # tonic's (W, H, P) for both datasets.
 CACHE_VERSION = 1

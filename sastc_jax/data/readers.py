@@ -24,20 +24,7 @@ import os
 from collections.abc import Callable
 
 from sastc_jax.data.pipeline import BatchLoader
-from sastc_jax.data.specs import DatasetSpec
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadOptions:
-    """The per-call settings of a read (see :func:`sastc_jax.data.get_dataset`)."""
-
-    data_dir: str | None = None
-    time_steps: int = 1
-    image_size: int | None = None
-    cache_dir: str | None = None
-    max_shift: int | None = None
-    flip: bool | None = None
-    num_threads: int = 1
+from sastc_jax.data.specs import DatasetSpec, ReadOptions
 
 
 @dataclasses.dataclass(frozen=True)

@@ -148,3 +148,16 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     return DATASETS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """The per-call settings of a read (see :func:`sastc_jax.data.get_dataset`)."""
+
+    data_dir: str | None = None
+    time_steps: int = 1
+    image_size: int | None = None
+    cache_dir: str | None = None
+    max_shift: int | None = None
+    flip: bool | None = None
+    num_threads: int = 1

@@ -1,6 +1,6 @@
 """The trained spiking student as a NIR graph (Neuromorphic Intermediate Representation).
 
-    python -m sastc_jax.export --workdir=DIR [--checkpoint=best|final] [--output=student.nir]
+    python -m sastc_jax.interop --workdir=DIR [--checkpoint=best|final] [--output=student.nir]
 
 writes the student of a training run as a NIR file (``nir.write``, HDF5) that NIR
 consumers (snnTorch, Norse, Spyx, Sinabs, Rockpool, Lava, chips) load. In Python,
@@ -176,7 +176,7 @@ def graph_metadata(model: nn.Module, dt: float, encoding: str = "direct") -> dic
         "event_frames": "event frames: frame t (C, H, W) is the input at step t",
     }[encoding]
     return {
-        "producer": "sastc_jax.export",
+        "producer": "sastc_jax.interop.nir",
         "model": model_name(model),
         "time_steps": int(model.time_steps),
         "dt": float(dt),
@@ -399,18 +399,18 @@ def input_shape_for(config) -> tuple[int, int, int]:
 
 def load_student(workdir: str | os.PathLike, checkpoint: str = "best"):
     """``(model, variables, config, record)`` of the student a run saved in ``workdir``
-    (:func:`sastc_jax.checkpoints.load_run`).
+    (:func:`sastc_jax.train.load_run`).
 
     ``checkpoint``: 'best' (the selected checkpoint: highest validation accuracy, or test
     accuracy without a validation split) or 'final' (the last saved step).
     Raises FileNotFoundError / CheckpointError naming what is missing.
     """
-    from sastc_jax import checkpoints
+    from sastc_jax import checkpoints, train
 
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"--checkpoint must be one of {sorted(CHECKPOINTS)}; got {checkpoint!r}.")
     try:
-        run = checkpoints.load_run(workdir, checkpoint)
+        run = train.load_run(workdir, checkpoint)
     except checkpoints.CheckpointError as err:
         raise checkpoints.CheckpointError(
             f"no student checkpoint to export in {Path(workdir)}: {err}"

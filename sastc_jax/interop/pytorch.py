@@ -36,9 +36,9 @@ import jax
 import numpy as np
 
 from sastc_jax.checkpoints import CheckpointError, TeacherMismatchError
+from sastc_jax.checkpoints import is_torch_checkpoint as is_torch_checkpoint
 from sastc_jax.models import architecture
 
-SUFFIXES = (".pth", ".pt", ".pth.tar", ".safetensors")
 WRAPPER_KEYS = ("state_dict", "model", "net")
 DATA_PARALLEL_PREFIX = "module."
 IGNORED_SUFFIX = ".num_batches_tracked"
@@ -123,11 +123,6 @@ _TENSOR_NAMES = {
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }
-
-
-def is_torch_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` names a PyTorch or safetensors file (by its suffix)."""
-    return os.fspath(path).lower().endswith(SUFFIXES)
 
 
 # ------------------------------------------------------------------------- reading

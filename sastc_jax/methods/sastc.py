@@ -1,4 +1,4 @@
-"""The methods of the SASTC paper (SPEC §3.6, §4): CE alone, logit KD, and KD with a
+"""The methods of the SASTC paper (docs/method.md §6, §8): CE alone, logit KD, and KD with a
 feature calibration of each strategy (:mod:`sastc_jax.calibration`).
 
 - ``ce``: ``gamma * CE``;

@@ -1,5 +1,5 @@
 """The loss terms methods are made of: pure functions of the student's per-step logits
-``(T, B, K)``, the labels ``(B,)`` and the teacher's logits ``(B, K)`` (SPEC §3.6, §3b),
+``(T, B, K)``, the labels ``(B,)`` and the teacher's logits ``(B, K)`` (docs/method.md §6, §7.2),
 and the weighted :class:`~sastc_jax.methods.registry.Term` s of the shared weights.
 
 The prediction is the mean of the logits over T.
@@ -44,10 +44,12 @@ def kd_loss(
 ) -> Array:
     """Logit distillation, ``student_logits`` ``(T, B, K)``, ``teacher_logits`` ``(B, K)``.
 
-    - ``target='mean'`` (SPEC §3.6): ``tau^2 * mean_b KL(softmax(z_a/tau) || softmax(z_bar/tau))``
+    - ``target='mean'`` (docs/method.md §6):
+      ``tau^2 * mean_b KL(softmax(z_a/tau) || softmax(z_bar/tau))``
       of the time-mean logits ``z_bar``;
-    - ``target='per_step'`` (SPEC §3b): ``tau^2 * (1/T) sum_t mean_b KL(softmax(z_a/tau) ||
-      softmax(z_t/tau))``, every time step distilled on its own.
+    - ``target='per_step'`` (docs/method.md §7.2):
+      ``tau^2 * (1/T) sum_t mean_b KL(softmax(z_a/tau) || softmax(z_t/tau))``, every time
+      step distilled on its own.
 
     The two agree at T = 1. No gradient reaches the teacher's logits.
     """

@@ -1,4 +1,4 @@
-"""The model zoo: spiking students and ANN teachers, by registry name (SPEC §2).
+"""The model zoo: spiking students and ANN teachers, by registry name (docs/method.md §4).
 
 Usage::
 

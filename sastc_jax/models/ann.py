@@ -123,7 +123,7 @@ class ResNet(Network):
 
 @register("resnet19_ann")
 class ResNet19(ResNet):
-    """ResNet-19 teacher of the SASTC release (CIFAR), SPEC §2.
+    """ResNet-19 teacher of the SASTC release (CIFAR), docs/method.md §4.
 
     The ``resnet19_snn`` body with ReLU; global average pool; one dense layer.
     12,502,090 parameters at 10 classes. Taps on 32x32 input:

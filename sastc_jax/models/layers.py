@@ -1,4 +1,4 @@
-"""Flax building blocks shared by the model zoo (SPEC §1, §2).
+"""Flax building blocks shared by the model zoo (docs/method.md §2-§4).
 
 Layout conventions:
 
@@ -252,7 +252,7 @@ class Dense(nn.Module):
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         # One 2-D product over the merged leading dims (T*B for a time-major input), so the
-        # kernel gradient is one 2-D product too (docs/performance.md, model layers).
+        # kernel gradient is one 2-D product too (docs/performance.md, "The layers' layouts").
         rows = x.reshape(-1, fan_in)
         y = jax.lax.dot_general(rows, kernel, (((1,), (0,)), ((), ())))
         y = y.reshape(*x.shape[:-1], self.features)

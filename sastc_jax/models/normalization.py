@@ -5,9 +5,8 @@ for op (float32 statistics ``E[x]`` and ``E[x^2] - E[x]^2``, clipped at 0, then
 ``(x - mean) * (rsqrt(var + eps) * scale) + bias``). Its derivative is one
 ``jax.custom_jvp``, written so that the only full-size value it needs is ``x``
 itself: autodiff of the forward also keeps ``x - mean`` for the backward pass, and
-under a spiking layer's reshape XLA stored the incoming cotangent twice. At a
-ResNet-19 stage-1 block (conv + batch norm + LIF, T=4, B=16) XLA's temporary
-memory for the backward pass goes from 168.5 to 104.5 MiB (docs/performance.md).
+under a spiking layer's reshape XLA stores the incoming cotangent twice. The
+memory this saves: docs/performance.md.
 Being a JVP, forward mode works as well as reverse mode.
 
 :class:`BatchNorm` is the linen layer over it, with flax's variable names

@@ -1,4 +1,4 @@
-"""Model registry and access to the distillation taps (SPEC §2).
+"""Model registry and access to the distillation taps (docs/method.md §4).
 
 Every model class registers itself under a name with :func:`register`;
 :func:`get_model` builds one from its name and dataclass attributes. Each model

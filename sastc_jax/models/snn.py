@@ -57,7 +57,7 @@ class SpikingResNet(Spiking, ResNet):
 
 @register("resnet19_snn")
 class SpikingResNet19(SpikingResNet):
-    """Spiking ResNet-19 of the SASTC release (CIFAR), SPEC §2.
+    """Spiking ResNet-19 of the SASTC release (CIFAR), docs/method.md §4.
 
     conv3x3 64 + BN + LIF; basic-block stages [3, 3, 2] of widths 128/256/512,
     strides 1/2/2; global average pool; dense 256 + LIF; dense classes.

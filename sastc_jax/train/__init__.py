@@ -5,6 +5,8 @@
 - :mod:`~sastc_jax.train.stages`: datasets, models, the teacher load and the state of
   each stage;
 - :mod:`~sastc_jax.train.loop`: resume, logging, evaluation, checkpoints;
+- :mod:`~sastc_jax.train.runs`: :func:`load_run`, a trained run's config, student and
+  variables;
 - :mod:`~sastc_jax.train.guards`, :mod:`~sastc_jax.train.preemption`: what stops a run.
 """
 
@@ -34,6 +36,7 @@ from sastc_jax.train.loop import (
     train_teacher,
 )
 from sastc_jax.train.preemption import Preempted, SigtermFlag
+from sastc_jax.train.runs import Run, load_run
 from sastc_jax.train.stages import (
     Distillation,
     Stage,
@@ -62,6 +65,7 @@ __all__ = [
     "NonFiniteLossError",
     "ParameterNormGrowthError",
     "Preempted",
+    "Run",
     "SigtermFlag",
     "Stage",
     "TrainLog",
@@ -86,6 +90,7 @@ __all__ = [
     "init_variables",
     "initial_student",
     "load_datasets",
+    "load_run",
     "load_teacher",
     "load_test_split",
     "log_bad_examples",

@@ -33,6 +33,7 @@ from sastc_jax.train.guards import (
     global_norm,
 )
 from sastc_jax.train.preemption import Preempted, SigtermFlag
+from sastc_jax.train.runs import load_run
 from sastc_jax.train.stages import (
     Stage,
     build_teacher,
@@ -431,7 +432,7 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
     else:
         eval_data = load_test_split(config, "student", mesh)
         which = "best" if config.evaluate == "student_best" else "latest"
-        run = checkpoints.load_run(workdir, which, config=config)
+        run = load_run(workdir, which, config=config)
         variables = run.variables
         eval_step = step_lib.make_eval_step(run.model, mesh)
         found = {

@@ -4,8 +4,8 @@ Over the test split, for the student saved in ``RUN_DIR`` (a run of ``sastc_jax.
 with ``config.json``, or one run of :mod:`sastc_jax.compare`), writes ``analysis.json``,
 ``analysis.md`` and, for the calibrated methods, ``attention.png``:
 
-- firing rates (SPEC §7): spikes / (neurons x T) of every LIF layer and of the network;
-- operations per image (SPEC §7): every conv and dense layer of the student counts
+- firing rates (docs/method.md §11): spikes / (neurons x T) of every LIF layer and of the network;
+- operations per image (docs/method.md §11): every conv and dense layer of the student counts
   synaptic operations, the sum over its input spikes of the fan-out each reaches
   (``C_out x k x k / stride^2`` for a conv, fewer at the borders; ``features`` for a
   dense layer); the first layer, fed real values, counts MACs. An average-pooled spike
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sastc_jax import checkpoints, models, parallel, param_tree, plots, train
+from sastc_jax import models, parallel, param_tree, plots, train
 from sastc_jax.models.layers import Dense
 from sastc_jax.train import step as step_lib
 
@@ -176,13 +176,13 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     """Analyse the student of ``run_dir`` over the test split; writes and returns the result."""
     run_dir = Path(run_dir)
     mesh = mesh if mesh is not None else parallel.make_mesh()
-    run = checkpoints.load_run(run_dir, "latest")  # the student as training left it
+    run = train.load_run(run_dir, "latest")  # the student as training left it
     config, student, variables = run.config, run.model, run.variables
     test = train.load_test_split(config, "student", mesh)
     sample = np.zeros((test.batch_size, *test.input_shape), np.float32)
-    parts = train.build_distillation(config, test.num_classes, sample)
-    teacher = parts.teacher or train.build_teacher(config, test.num_classes)
-    calibrated = parts.calibrator is not None
+    distillation = train.build_distillation(config, test.num_classes, sample)
+    teacher = distillation.teacher or train.build_teacher(config, test.num_classes)
+    calibrated = distillation.calibrator is not None
     teacher_vars = None  # the attention needs the trained teacher; its MACs only shapes
     if calibrated:
         teacher_vars, _ = train.load_teacher(
@@ -191,7 +191,7 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
         teacher_vars = jax.device_get(teacher_vars)
 
     layer_kinds: dict[str, str] = {}  # filled while tracing
-    student_pass = make_student_pass(student, teacher, parts.calibrator, layer_kinds)
+    student_pass = make_student_pass(student, teacher, distillation.calibrator, layer_kinds)
     totals, attention_sum, entropy_sum, attention_examples = None, 0.0, 0.0, 0
     for batch in test.epoch(0):
         mask = batch["mask"]
@@ -423,9 +423,3 @@ def headline_markdown(analyses: dict[str, dict[str, Any]]) -> str:
     teacher_macs = next(iter(analyses.values()))["operations"]["teacher_macs"]
     lines += ["", f"Teacher MACs / image: {teacher_macs:.4g}.", ""]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from sastc_jax.cli import analyze
-
-    analyze.run()

@@ -177,9 +177,3 @@ def plot_attention_panels(
     figure.savefig(output, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return output
-
-
-if __name__ == "__main__":
-    from sastc_jax.cli import plots
-
-    plots.run()

@@ -8,7 +8,7 @@ the run holds none out), writes ``diagnosis.json`` and ``diagnosis.md``:
   ``gamma * CE``, ``alpha_kd * KD`` and ``beta * calibration`` in the logged loss;
 - the calibration at initialisation (the run's own seed: the same student and
   calibration parameters its first step started from) and as trained: the regression
-  error of every (student tap, teacher tap) pair (SPEC §3, mean over time steps and
+  error of every (student tap, teacher tap) pair (docs/method.md §5, mean over time steps and
   samples), the mean attention ``(T', S, K)`` and its entropy per student tap, and the
   attention-weighted error that the loss minimises;
 - how far the attention moved: the mean absolute change of its weights and of its
@@ -43,32 +43,36 @@ def loss_shares(run_dir: Path, term_weights: dict[str, float]) -> list[dict[str,
     for record in metrics.read_metrics(run_dir):
         if record.get("split") != "train" or "calibration" not in record:
             continue
-        parts = {name: weight * record.get(name, 0.0) for name, weight in term_weights.items()}
+        weighted_terms = {
+            name: weight * record.get(name, 0.0) for name, weight in term_weights.items()
+        }
         total = record["loss"]
         shares.append(
             {
                 "step": record["step"],
                 "loss": total,
-                **{f"{name}_share": value / total for name, value in parts.items()},
-                "unexplained": (total - sum(parts.values())) / total,
+                **{f"{name}_share": value / total for name, value in weighted_terms.items()},
+                "unexplained": (total - sum(weighted_terms.values())) / total,
             }
         )
     return shares
 
 
-def calibration_state(parts, student_variables, calibration_params, teacher_vars, data) -> dict:
+def calibration_state(
+    distillation, student_variables, calibration_params, teacher_vars, data
+) -> dict:
     """Over ``data``'s full batches: mean pair errors ``(S, K)``, mean attention
     ``(T', S, K)``, its entropy per student tap ``(S,)`` and the attention-weighted error."""
 
     @jax.jit
     def batch_sums(student_variables, calibration_params, teacher_vars, images):
-        _, student_state = parts.student.apply(
+        _, student_state = distillation.student.apply(
             student_variables, images, train=False, mutable=["intermediates"]
         )
-        _, teacher_state = parts.teacher.apply(
+        _, teacher_state = distillation.teacher.apply(
             teacher_vars, images, train=False, mutable=["intermediates"]
         )
-        errors, attention = parts.calibrator.apply(
+        errors, attention = distillation.calibrator.apply(
             {"params": calibration_params},
             models.get_taps(student_state),
             models.get_taps(teacher_state),
@@ -114,22 +118,26 @@ def diagnose_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
             f"{run_dir} trained method {config.method!r}, which has no calibration; diagnose "
             f"needs one of {sorted(methods.calibrated_method_names())}."
         )
-    trained = checkpoints.load_run(run_dir, "latest", config=config).state
+    trained = train.load_run(run_dir, "latest", config=config).state
     _, validation, test = train.load_datasets(config, "student", mesh)
     data = validation or test
     sample = np.zeros((data.batch_size, *data.input_shape), np.float32)
-    parts = train.build_distillation(config, data.num_classes, sample)
-    params, batch_stats = jax.device_get(train.initial_student(config, parts, sample, mesh))
+    distillation = train.build_distillation(config, data.num_classes, sample)
+    params, batch_stats = jax.device_get(train.initial_student(config, distillation, sample, mesh))
     initial = {"params": params, "batch_stats": batch_stats}
     teacher_vars, _ = train.load_teacher(
-        config, run_dir, parts.teacher, data.num_classes, data.input_shape
+        config, run_dir, distillation.teacher, data.num_classes, data.input_shape
     )
     teacher_vars = jax.device_get(teacher_vars)
     states = {}
     for name, state in (("initial", initial), ("trained", trained)):
         variables = param_tree.inference_variables(state["params"], state["batch_stats"])
         states[name] = calibration_state(
-            parts, variables, param_tree.calibration_params(state["params"]), teacher_vars, data
+            distillation,
+            variables,
+            param_tree.calibration_params(state["params"]),
+            teacher_vars,
+            data,
         )
     attention = {name: np.asarray(states[name]["attention"]) for name in states}
     entropy = {name: np.asarray(states[name]["entropy_per_student_tap"]) for name in states}
@@ -208,9 +216,3 @@ def diagnosis_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from sastc_jax.cli import diagnose
-
-    diagnose.run()

@@ -22,7 +22,7 @@ Design choices, and why:
   spikes: the regression error, which is what the loss rewards, is lowest on the
   planted pair (the run reports the per-pair errors to show it).
 - The inputs are generated at the coarsest tap's resolution and upsampled, so that
-  average-pooling a large teacher tap down to a small student tap (SPEC §3.4) keeps
+  average-pooling a large teacher tap down to a small student tap (docs/method.md §5.4) keeps
   its variance; otherwise a heavily pooled teacher tap has a small error with *any*
   student tap, and the loss prefers it whatever was planted.
 - Spike maps planted from different teacher taps fire at different rates (one
@@ -41,10 +41,10 @@ pair can get at once at ~0.706; targeting all three (as the default pairing does
 caps it at e / (e + 2 e^-1/2) ~= 0.691 (keys 120 degrees apart).
 :func:`attention_ceiling` solves for this bound for a given pairing; the report gives
 each planted weight as a fraction of it (the ceiling bounds the smallest planted weight,
-so one pair alone can exceed it, up to 0.787 at K = 3). With an attention scale s (SPEC §3b, logits
-``s * <q, k>``; ``--attention-scale``, learned with ``--learn-attention-scale``) the
-logits lie in [-s, s] and the bound rises towards 1: it is reported for the scale
-the run starts from.
+so one pair alone can exceed it, up to 0.787 at K = 3). With an attention scale s
+(docs/method.md §7.1, logits ``s * <q, k>``; ``--attention-scale``, learned with
+``--learn-attention-scale``) the logits lie in [-s, s] and the bound rises towards 1: it
+is reported for the scale the run starts from.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def attention_ceiling(
     soft minimum from several random starts; the exact minimum is returned). With
     K = 3: one distinct target gives e / (e + 2/e) ~= 0.787, two give ~0.706, three
     give e / (e + 2 e^-1/2) ~= 0.691 (keys 120 degrees apart). ``scale`` multiplies the
-    logits (SPEC §3b).
+    logits (docs/method.md §7.1).
     """
     targets = jnp.asarray(sorted({j for row in pairing for j in row}))
     optimizer = optax.adam(0.02)
@@ -271,7 +271,7 @@ def train_calibration(
     """Train only the calibration module on fresh planted batches; track planted attention.
 
     ``attention_scale`` / ``learn_attention_scale`` are the :class:`Calibration` options
-    (SPEC §3b); a learned scale's final value is returned as ``scale``.
+    (docs/method.md §7.1); a learned scale's final value is returned as ``scale``.
 
     Returns a dict with ``history`` (``[(step, planted (T, S))]``, every ``eval_every``
     steps and at 0), ``start`` and ``end`` attention ``(T', E*B, S, K)`` on the E
@@ -465,9 +465,3 @@ def write_results(summary: dict, problem: PlantedTaps, output: str | Path) -> li
     panels |= {f"{method} end": ends[1] for method, ends in summary["attention"].items()}
     figure = plot_attention_panels(panels, output / "attention.png", problem.pairing)
     return [output / "alignment.json", Path(figure)]
-
-
-if __name__ == "__main__":
-    from sastc_jax.cli import alignment_check
-
-    alignment_check.run()

@@ -26,7 +26,6 @@ from sastc_jax import (
     runlock,
     train,
 )
-from sastc_jax.interop import pytorch
 
 
 def lock_workdir(workdir: Path) -> runlock.RunLock:
@@ -87,7 +86,7 @@ def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> li
     needs_teacher = methods.get_method(config.method).needs_teacher
     teacher_dir = train.teacher_checkpoint_dir(config, workdir)
     if config.stage == "teacher" or (config.stage == "all" and needs_teacher):
-        if config.stage == "all" and pytorch.is_torch_checkpoint(teacher_dir):
+        if config.stage == "all" and checkpoints.is_torch_checkpoint(teacher_dir):
             logger.info(f"[teacher] importing {teacher_dir}; skipping the stage")
         elif config.stage == "all" and checkpoints.teacher_exists(teacher_dir):
             logger.info(f"[teacher] checkpoint found in {teacher_dir}; skipping the stage")
@@ -101,9 +100,3 @@ def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> li
         if jax.process_index() == 0:
             (workdir / "summary.json").write_text(json.dumps(summaries, indent=2))
     return summaries
-
-
-if __name__ == "__main__":
-    from sastc_jax.cli import main
-
-    main.run()
