@@ -20,6 +20,7 @@ import os
 from sastc_jax.data.bad_examples import BadExamples, check_policy
 from sastc_jax.data.errors import (
     BatchLargerThanSplitError,
+    DataFileError,
     DatasetNotFoundError,
     UnreadableExampleError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "BadExamples",
     "BatchLargerThanSplitError",
     "BatchLoader",
+    "DataFileError",
     "Dataset",
     "DatasetNotFoundError",
     "DatasetSpec",
