@@ -44,6 +44,11 @@ MEANING = {
         "loss.learn_attention_scale",
     ),
 }
+# Fields whose switching on or off (0 <-> > 0) changes the optimiser state's structure.
+SWITCHES = {
+    "teacher": ("teacher.optimizer.clip_grad_norm",),
+    "student": ("student.optimizer.clip_grad_norm",),
+}
 _STAGE_CHECKPOINT_DIRS = {"teacher": ("latest", "best", "final"), "student": ("latest", "best")}
 
 
@@ -139,10 +144,10 @@ def check_resume(
 
     Reads only. Raises :class:`ResumeMismatchError` naming the first field of
     :data:`MEANING` (for each stage with a checkpoint) whose value differs from
-    ``workdir/config.json``, or, when the student has checkpoints, a teacher at
-    ``teacher_dir`` whose fingerprint differs from the one recorded. The record holds the
-    stages resumed, every other changed field (``{field: [stored, new]}``) and the teacher
-    fingerprint."""
+    ``workdir/config.json``, or of :data:`SWITCHES` switched on or off, or, when the
+    student has checkpoints, a teacher at ``teacher_dir`` whose fingerprint differs from
+    the one recorded. The record holds the stages resumed, every other changed field
+    (``{field: [stored, new]}``) and the teacher fingerprint."""
     resumed = stages_with_checkpoints(workdir)
     stored = stored_fields(workdir) if resumed else None
     new = config_fields(config)
@@ -151,7 +156,12 @@ def check_resume(
         for field in sorted(set(stored) | set(new)):
             if field not in stored or field not in new or stored[field] == new[field]:
                 continue  # a field this version does not know is not compared
-            refused = [stage for stage in resumed if _under(field, MEANING[stage])]
+            refused = [
+                stage
+                for stage in resumed
+                if _under(field, MEANING[stage])
+                or (field in SWITCHES[stage] and bool(stored[field]) != bool(new[field]))
+            ]
             if refused:
                 raise ResumeMismatchError(
                     f"config.{field} = {new[field]!r}, but the {refused[0]} checkpoints in "
