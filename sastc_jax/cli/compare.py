@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from sastc_jax import compare
 from sastc_jax.cli import flags as shared
@@ -32,8 +32,7 @@ def main(argv: Sequence[str]) -> int:
     """Run the comparison; 0, 1 (``error: ...``) or 143 (stopped by a signal)."""
     shared.check_positional(argv)
     shared.require(shared.CONFIG, shared.WORKDIR)
-    if not shared.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    shared.quiet_logging()
     if jax.process_count() > 1:
         raise app.UsageError("The comparison runs in one process.", exitcode=shared.USAGE_ERROR)
     workdir = Path(shared.WORKDIR.value)

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sastc_jax import checkpoints, distributed, runlock
@@ -138,6 +138,13 @@ def check_positional(argv: Sequence[str], command: str | None = None) -> None:
         )
 
 
+def quiet_logging() -> None:
+    """absl logging at WARNING unless ``--verbosity`` was given: orbax logs every save and
+    JAX its backend probing at INFO, which would bury a command's own lines."""
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def report_command(report: Callable[[str], Any]) -> _Main:
     """The ``main`` of a command that reads one run: ``--workdir`` required, no positional
     arguments, prints ``report(workdir)``."""
@@ -145,6 +152,7 @@ def report_command(report: Callable[[str], Any]) -> _Main:
     def main(argv: Sequence[str]) -> int:
         check_positional(argv)
         require(WORKDIR)
+        quiet_logging()
         print(report(WORKDIR.value))
         return 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import flags, logging
+from absl import flags
 
 from sastc_jax import distributed
 from sastc_jax import main as training
@@ -48,8 +48,7 @@ def main(argv: Sequence[str]) -> int:
     """Run the configured stages; 0, 1 (``error: ...``) or 143 (stopped by a signal)."""
     shared.check_positional(argv)
     shared.require(shared.CONFIG, shared.WORKDIR)
-    if not shared.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    shared.quiet_logging()
     distributed.initialize(
         mode=DISTRIBUTED.value,
         coordinator_address=COORDINATOR_ADDRESS.value,
