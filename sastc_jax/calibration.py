@@ -437,7 +437,11 @@ def calibration_loss(
       ``(T, B, S, K)`` (``(1, B, S, K)`` for ``spatial``); rows sum to 1 for
       ``sastc``/``spatial``. The regressor batch norms use batch statistics only,
       so there is no state to update.
+
+    Raises ``ValueError`` when ``variables`` were built for other taps
+    (:func:`check_variables`).
     """
+    check_variables(variables, student_taps, teacher_taps)
     module = calibration_module(
         student_taps,
         teacher_taps,
@@ -449,6 +453,45 @@ def calibration_loss(
         ops=ops,
     )
     return module.apply(variables, student_taps, teacher_taps)
+
+
+def _built_for(params: dict) -> tuple[int, int, int | None]:
+    """``(S, K, B)`` the calibration ``params`` were built for, from their names and the
+    MLPs' input width (B is None for 'layerwise', which has no MLPs)."""
+    pairs = [name.split("_")[1:] for name in params if name.startswith("regressors_")]
+    students = {int(i) for i, _ in pairs}
+    teachers = {int(j) for _, j in pairs}
+    mlp = params.get("query_mlps_0")
+    batch = int(mlp["hidden"]["kernel"].shape[0]) if mlp is not None else None
+    return len(students), len(teachers), batch
+
+
+def check_variables(
+    variables: dict, student_taps: Sequence[Array], teacher_taps: Sequence[Array]
+) -> None:
+    """Raise ``ValueError`` naming what the calibration ``variables`` were built for and
+    what the taps are, when they differ: the student or teacher tap count, or the
+    calibration batch B (the MLPs' input width)."""
+    params = variables.get("params", {}) if isinstance(variables, dict) else {}
+    if not any(name.startswith("regressors_") for name in params):
+        raise ValueError(
+            "calibration variables must be {'params': ...} from init_calibration, with "
+            f"regressors_* entries; got keys {sorted(params) or sorted(variables)}."
+        )
+    students, teachers, batch = _built_for(params)
+    if (students, teachers) != (len(student_taps), len(teacher_taps)):
+        raise ValueError(
+            f"the calibration variables were built for {students} student / {teachers} "
+            f"teacher taps; got {len(student_taps)} / {len(teacher_taps)}. Pass the taps "
+            "they were initialised with, or initialise them for these taps."
+        )
+    got = int(student_taps[0].shape[1]) if student_taps and student_taps[0].ndim == 5 else None
+    if batch is not None and got is not None and got != batch:
+        raise ValueError(
+            f"the calibration variables were built for a batch of {batch} (the MLPs' input "
+            f"width); got taps of batch {got}. Every calibration batch must have the size "
+            "the variables were initialised with."
+        )
 
 
 def regressor_macs(student_shapes, teacher_shapes, method: str | Strategy = "sastc") -> int:

@@ -16,6 +16,7 @@ theirs (tau 4, alpha_kd 1).
 from __future__ import annotations
 
 import math
+import numbers
 
 import ml_collections
 
@@ -195,6 +196,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     _validate_models(config)
     _validate_loss(config)
     _validate_optimizers(config, device_count)
+    _validate_optimizer_numbers(config)
+    _validate_loss_numbers(config)
+    _validate_sizes(config)
     _validate_guards_and_intervals(config)
 
 
@@ -348,3 +352,76 @@ def _validate_guards_and_intervals(config: ml_collections.ConfigDict) -> None:
     ):
         if config[field] < 1:
             raise ValueError(f"config.{field} = {config[field]} must be >= 1.")
+
+
+def _require_number(field: str, value, *, low: float, high: float = math.inf, allowed: str):
+    """Raise ``ValueError`` unless ``value`` is a finite real number in ``[low, high)``
+    (``high`` = inf: no upper bound); ``allowed`` describes the range in words."""
+    valid = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value < high
+    )
+    if not valid:
+        raise ValueError(f"config.{field} = {value!r}; allowed: {allowed}.")
+
+
+def _validate_optimizer_numbers(config: ml_collections.ConfigDict) -> None:
+    """Each stage's learning rate, momentum, weight decay, warm-up and decay schedule."""
+    for stage in ("teacher", "student"):
+        optim, prefix = config[stage].optimizer, f"{stage}.optimizer"
+        _require_number(
+            f"{prefix}.learning_rate", optim.learning_rate, low=0, allowed="a finite number > 0"
+        )
+        _require_number(f"{prefix}.momentum", optim.momentum, low=0, high=1, allowed="[0, 1)")
+        _require_number(
+            f"{prefix}.weight_decay", optim.weight_decay, low=0, allowed="a finite number >= 0"
+        )
+        _require_number(
+            f"{prefix}.warmup_epochs",
+            optim.warmup_epochs,
+            low=0,
+            high=optim.epochs,
+            allowed=f"0 (no warm-up) up to below the {optim.epochs} epochs of the stage",
+        )
+        factor = optim.decay_factor
+        if not (isinstance(factor, numbers.Real) and 0 < factor <= 1):
+            raise ValueError(
+                f"config.{prefix}.decay_factor = {factor!r}; allowed: a factor in (0, 1] "
+                "by which the step schedule multiplies the rate at each decay epoch."
+            )
+        for epoch in optim.decay_epochs:
+            _require_number(
+                f"{prefix}.decay_epochs",
+                epoch,
+                low=0,
+                allowed="epochs >= 0 at which the step schedule multiplies the rate",
+            )
+
+
+def _validate_loss_numbers(config: ml_collections.ConfigDict) -> None:
+    """The loss weights (>= 0) and the KD temperature (> 0)."""
+    for name in ("gamma", "alpha_kd", "beta"):
+        if name in config.loss:
+            _require_number(
+                f"loss.{name}", config.loss[name], low=0, allowed="a finite weight >= 0"
+            )
+    temperature = config.loss.get("temperature", 1.0)
+    if not (isinstance(temperature, numbers.Real) and 0 < temperature < math.inf):
+        raise ValueError(
+            f"config.loss.temperature = {temperature!r}; allowed: a finite temperature > 0."
+        )
+
+
+def _validate_sizes(config: ml_collections.ConfigDict) -> None:
+    """Integer sizes and counts that are 0 (= off / the default) or positive."""
+    for field, value, meaning in (
+        ("calibration.embed_dim", config.calibration.embed_dim, "0 (= B // 4) or a width"),
+        ("max_steps_per_epoch", config.max_steps_per_epoch, "0 (whole epochs) or a step count"),
+        ("dataset.image_size", config.dataset.image_size, "0 (the dataset's size) or a size"),
+        ("time_steps", config.time_steps, "an integer T >= 1"),
+        ("seed", config.seed, "an integer >= 0"),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"config.{field} = {value!r}; allowed: {meaning}.")

@@ -13,6 +13,7 @@ thread does the file I/O: the loop only hands it host values it already has.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ class _SilentProgress:
 
 
 TENSORBOARD_DIR = "tensorboard"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+# The records of a stage's steps: a resume drops those after the step it restored.
+STEP_SPLITS = ("train", "validation", "test")
 SCALAR_SPLITS = ("train", "validation", "test")
 
 
@@ -82,7 +87,7 @@ class MetricsLogger:
     ):
         self.enabled = enabled
         self.progress_bars = progress_bars and enabled
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = Path(workdir) / METRICS
         self.tensorboard = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +110,21 @@ class MetricsLogger:
                 self.tensorboard.add_scalar(tag, value, global_step=record["step"])
         if record.get("split") in ("test", "summary"):
             self.info(format_record(record))
+
+    def drop_after(self, stage: str, step: int) -> int:
+        """Remove from the file the step records (:data:`STEP_SPLITS`) of ``stage`` after
+        ``step``: a run resumed from ``step`` logs them again. The file is rewritten
+        whole and renamed over the old one. Returns how many were removed."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not _replayed(line, stage, step)]
+        if len(kept) == len(lines):
+            return 0
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(kept))
+        os.replace(temporary, self.path)
+        return len(lines) - len(kept)
 
     def close(self) -> None:
         """Flush and close the TensorBoard writer (metrics.jsonl is closed per write)."""
@@ -154,12 +174,97 @@ def format_record(record: dict[str, Any]) -> str:
     return f"[{record.get('stage', '')}] {record.get('split', '')}: " + " ".join(fields)
 
 
+def _replayed(line: str, stage: str, step: int) -> bool:
+    """Whether a metrics line is a step record of ``stage`` after ``step``."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return not line.endswith("\n")  # the last line cut short by a kill
+    return (
+        record.get("stage") == stage
+        and record.get("split") in STEP_SPLITS
+        and isinstance(record.get("step"), int)
+        and record["step"] > step
+    )
+
+
+def _record_key(record: dict[str, Any]) -> tuple | None:
+    """What makes a record unique: its stage, split, step (and evaluated model); None for
+    a record without a step (kept as it is)."""
+    if record.get("step") is None:
+        return None
+    return (record.get("stage"), record.get("split"), record["step"], record.get("evaluated"))
+
+
+def dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (stage, split, step): a later record supersedes an earlier one of
+    the same key (a step replayed after a resume, a stage summarised again), in the
+    position of the later one. Records without a step are kept as they are."""
+    last = {}
+    for index, record in enumerate(records):
+        if (key := _record_key(record)) is not None:
+            last[key] = index
+    return [
+        record
+        for index, record in enumerate(records)
+        if (key := _record_key(record)) is None or last[key] == index
+    ]
+
+
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """All records of ``workdir/metrics.jsonl`` in order."""
-    path = Path(workdir) / "metrics.jsonl"
+    """The records of ``workdir/metrics.jsonl`` in order, each (stage, split, step) once
+    (:func:`dedupe`); a last line cut short by a kill is skipped."""
+    path = Path(workdir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    lines = path.read_text().splitlines(keepends=True)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines) and not line.endswith("\n"):
+                continue
+            raise ValueError(
+                f"{path}, line {number}, is not a JSON record: {line.strip()[:80]!r}. "
+                "Remove or repair that line."
+            ) from None
+    return dedupe(records)
+
+
+def merge_summaries(
+    existing: list[dict[str, Any]], new: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The stage summaries of ``existing`` with those of ``new`` replacing the ones of the
+    same stage (a stage keeps its place; new stages are appended)."""
+    replacing = {summary["stage"]: summary for summary in new}
+    merged = [replacing.pop(summary["stage"], summary) for summary in existing]
+    return merged + [summary for summary in new if summary["stage"] in replacing]
+
+
+def write_summaries(workdir: str | Path, summaries: list[dict[str, Any]]) -> list[dict]:
+    """Merge ``summaries`` into ``workdir/summary.json`` (:func:`merge_summaries`), so it
+    keeps every stage that ever finished; returns what was written. An unreadable file is
+    replaced, with a line saying so."""
+    path = Path(workdir) / SUMMARY
+    existing = []
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+            if not isinstance(existing, list) or not all(
+                isinstance(item, dict) and "stage" in item for item in existing
+            ):
+                raise ValueError("not a list of stage summaries")
+        except ValueError as error:
+            print(f"{path} is unreadable ({error}): rewritten from this run", file=sys.stderr)
+            existing = []
+    merged = merge_summaries(existing, summaries)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(merged, indent=2))
+    os.replace(temporary, path)
+    return merged
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:

@@ -362,3 +362,19 @@ def test_attention_scale_must_be_positive(scale):
     student, teacher = make_taps()
     with pytest.raises(ValueError, match="attention scale must be a finite number > 0"):
         init_calibration(jax.random.key(0), student, teacher, attention_scale=scale)
+
+
+@pytest.mark.parametrize("method", ["sastc", "spatial", "layerwise"])
+def test_variables_built_for_other_taps_are_refused(method):
+    student = [jnp.zeros((2, 8, 4, 4, 3)), jnp.zeros((2, 8, 2, 2, 5))]
+    teacher = [jnp.zeros((8, 4, 4, 3)), jnp.zeros((8, 2, 2, 6))]
+    variables = init_calibration(jax.random.key(0), student, teacher, method=method)
+    loss, _ = calibration_loss(variables, student, teacher, method=method)
+    assert np.isfinite(loss)
+    with pytest.raises(ValueError, match="built for 2 student / 2 teacher taps; got 1 / 2"):
+        calibration_loss(variables, student[:1], teacher, method=method)
+    if method == "layerwise":  # no MLPs: any batch fits its regressors
+        return
+    half = [tap[:, :4] for tap in student], [tap[:4] for tap in teacher]
+    with pytest.raises(ValueError, match=r"built for a batch of 8 .*; got taps of batch 4"):
+        calibration_loss(variables, *half, method=method)

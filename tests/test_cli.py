@@ -71,7 +71,7 @@ def test_every_flag_is_defined_once_by_the_cli_and_no_library_module_defines_one
     names = [name for found in ours.values() for name in found]
     assert len(names) == len(set(names))  # no flag is defined by two modules
     assert set(ours[export_cli.__name__]) == {"dt"}
-    assert set(ours[compare_cli.__name__]) == {"train", "phases"}
+    assert set(ours[compare_cli.__name__]) == {"train", "phases", "commit_records"}
 
 
 def test_shared_checkpoint_choices_are_the_exporters():

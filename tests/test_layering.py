@@ -19,6 +19,7 @@ LAYERS = {
         "methods",
         "losses",
         "param_tree",
+        "trees",
         "calibration",
         "regressors",
         "models",

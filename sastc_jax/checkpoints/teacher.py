@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from sastc_jax import trees
 from sastc_jax.checkpoints import integrity
 from sastc_jax.checkpoints.errors import CheckpointError, TeacherMismatchError
 from sastc_jax.checkpoints.restore import open_manager, restore_verified, to_json
@@ -152,3 +153,17 @@ def load_teacher(
             "config.teacher.checkpoint to one."
         )
     return restored[VARIABLES], record
+
+
+def check_teacher_variables(variables: PyTree, expected: PyTree, directory: str) -> None:
+    """Raise TeacherMismatchError when a loaded teacher's ``variables`` do not have the
+    structure and shapes of ``expected`` (the configured teacher's, e.g. from
+    ``jax.eval_shape`` of its init; other collections than the saved ``params`` and
+    ``batch_stats`` are ignored): a checkpoint of another architecture or width."""
+    saved = {name: tree for name, tree in expected.items() if name in ("params", "batch_stats")}
+    if problem := trees.shape_mismatch(saved, variables):
+        raise TeacherMismatchError(
+            f"the teacher checkpoint at {directory} does not fit the configured teacher "
+            f"(config.teacher.model and config.teacher.model_kwargs): {problem}. Set them to "
+            "the architecture the checkpoint was trained with, or train a matching teacher."
+        )

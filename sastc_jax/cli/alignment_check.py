@@ -95,6 +95,7 @@ def check() -> dict:
     return summary
 
 
+@shared.error_boundary
 def main(argv: Sequence[str]) -> int:
     shared.check_positional(argv)
     check()

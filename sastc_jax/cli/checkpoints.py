@@ -15,6 +15,7 @@ from sastc_jax.cli import flags as shared
 COMMAND = "verify"
 
 
+@shared.error_boundary
 def main(argv: Sequence[str]) -> int:
     """``verify``: one line per checkpoint; 0 if all are intact, else 1."""
     shared.check_positional(argv, COMMAND)

@@ -4,14 +4,13 @@ comparison (:mod:`sastc_jax.compare`). Flags of its own: ``--train``, ``--phases
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
-from sastc_jax import checkpoints, compare, train
+from sastc_jax import compare
 from sastc_jax.cli import flags as shared
 
 TRAIN = flags.DEFINE_bool(
@@ -36,37 +35,25 @@ flags.register_validator(
 )
 
 
+@shared.error_boundary
 def main(argv: Sequence[str]) -> int:
     """Run the comparison; 0, 1 (``error: ...``) or 143 (stopped by a signal)."""
     shared.check_positional(argv)
     shared.require(shared.CONFIG, shared.WORKDIR)
-    if not shared.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    shared.quiet_logging()
     if jax.process_count() > 1:
         raise app.UsageError("The comparison runs in one process.", exitcode=shared.USAGE_ERROR)
     workdir = Path(shared.WORKDIR.value)
     # Every seed of a method compiles the same programs: compile them once.
     jax.config.update("jax_compilation_cache_dir", str(workdir / "compilation_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    try:
-        compare.run(
-            shared.CONFIG.value,
-            workdir,
-            train_runs=TRAIN.value,
-            phases=PHASES.value,
-            on_record=compare.git_commit if COMMIT_RECORDS.value else None,
-        )
-    except train.Preempted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        return 143
-    except (
-        ValueError,
-        FileNotFoundError,
-        checkpoints.CheckpointError,
-        train.NonFiniteLossError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    compare.run(
+        shared.CONFIG.value,
+        workdir,
+        train_runs=TRAIN.value,
+        phases=PHASES.value,
+        on_record=compare.git_commit if COMMIT_RECORDS.value else None,
+    )
     return 0
 
 

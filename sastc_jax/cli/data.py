@@ -23,6 +23,7 @@ THREADS = flags.DEFINE_integer(
 PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar per split.")
 
 
+@shared.error_boundary
 def main(argv: Sequence[str]) -> int:
     """``verify``: 0 when no example is bad, 1 when some are, 2 for a bad config."""
     shared.check_positional(argv, COMMAND)

@@ -4,12 +4,10 @@ into ``DIR/student.nir``. Flag of its own: ``--dt``."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import flags
 
-from sastc_jax import checkpoints
 from sastc_jax.cli import flags as shared
 from sastc_jax.interop import nir as export
 
@@ -17,20 +15,17 @@ DT = flags.DEFINE_float("dt", export.DEFAULT_DT, "The NIR graph's time step in s
 flags.register_validator(DT.name, lambda dt: dt > 0, message="--dt must be > 0 (seconds).")
 
 
+@shared.error_boundary
 def main(argv: Sequence[str]) -> int:
     """Export; 0, or 1 with a one-line ``error: ...``."""
     shared.check_positional(argv)
     shared.require(shared.WORKDIR)
-    try:
-        path = export.export_workdir(
-            shared.WORKDIR.value,
-            checkpoint=shared.CHECKPOINT.value,
-            output=shared.OUTPUT.value,
-            dt=DT.value,
-        )
-    except (ValueError, OSError, ImportError, checkpoints.CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    path = export.export_workdir(
+        shared.WORKDIR.value,
+        checkpoint=shared.CHECKPOINT.value,
+        output=shared.OUTPUT.value,
+        dt=DT.value,
+    )
     print(f"wrote {path}")
     return 0
 

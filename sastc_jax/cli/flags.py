@@ -8,18 +8,25 @@ names no other command module uses, so any set of command modules imports into o
 process (a test run) without a DuplicateFlagError.
 
 Exit status of every command: 0 success, 1 a failure the command reports (``error: ...``),
-2 a usage error (an unknown flag, a bad flag value, a missing required flag, a stray
-argument): the message says what was wrong and what is allowed.
+2 a usage error (an unknown flag or config field, a bad flag value, a missing required
+flag, a stray argument), 143 a run stopped by SIGTERM: the message says what was wrong and
+what is allowed. Every command's ``main`` goes through :func:`error_boundary`, so a bad
+input (a config value, a file, a checkpoint, a run directory) reads as one ``error:`` line.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
+
+from sastc_jax import checkpoints, distributed, runlock
+from sastc_jax.train.guards import NonFiniteLossError
+from sastc_jax.train.preemption import Preempted
 
 FLAGS = flags.FLAGS
 USAGE_ERROR = 2  # exit status of a usage error, as argparse's
@@ -50,6 +57,40 @@ OUTPUT = flags.DEFINE_string(
 )
 
 _Main = Callable[[list[str]], Any]
+
+# What a command reports as ``error: ...`` (exit 1): bad config values, missing or damaged
+# files and checkpoints (our own errors name them), a busy workdir, a diverged run.
+# Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    ImportError,
+    checkpoints.CheckpointError,
+    NonFiniteLossError,
+    distributed.DistributedError,
+    runlock.WorkdirLockedError,
+)
+STOPPED = 143  # exit status of a run stopped by SIGTERM (checkpoint saved), as 128 + 15
+
+
+def error_boundary(main: _Main) -> _Main:
+    """``main`` with :data:`EXPECTED_ERRORS` printed as one ``error: ...`` line on stderr
+    (exit status 1) and :class:`Preempted` as ``stopped: ...`` (143); usage errors
+    (app.UsageError) and bugs pass through."""
+
+    @functools.wraps(main)
+    def bounded(argv: Sequence[str]) -> Any:
+        try:
+            return main(argv)
+        except Preempted as stop:
+            print(f"stopped: {stop}", file=sys.stderr)
+            return STOPPED
+        except EXPECTED_ERRORS as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+
+    return bounded
 
 
 class NumberListParser(flags.ListParser):
@@ -97,6 +138,13 @@ def check_positional(argv: Sequence[str], command: str | None = None) -> None:
         )
 
 
+def quiet_logging() -> None:
+    """absl logging at WARNING unless ``--verbosity`` was given: orbax logs every save and
+    JAX its backend probing at INFO, which would bury a command's own lines."""
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def report_command(report: Callable[[str], Any]) -> _Main:
     """The ``main`` of a command that reads one run: ``--workdir`` required, no positional
     arguments, prints ``report(workdir)``."""
@@ -104,10 +152,11 @@ def report_command(report: Callable[[str], Any]) -> _Main:
     def main(argv: Sequence[str]) -> int:
         check_positional(argv)
         require(WORKDIR)
+        quiet_logging()
         print(report(WORKDIR.value))
         return 0
 
-    return main
+    return error_boundary(main)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -120,6 +169,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         print(f"error: {error}\nRun with --help for this command's flags.", file=sys.stderr)
         sys.exit(USAGE_ERROR)
+    except (AttributeError, KeyError) as error:  # config_flags: a --config.x.y that is no field
+        print(f"error: {unknown_config_field(error, argv)}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def unknown_config_field(error: AttributeError | KeyError, argv: Sequence[str]) -> str:
+    """One line for ml_collections' error on an override of a field the config lacks:
+    the flag, the field and its "Did you mean" hint."""
+    # ml_collections raises AttributeError(KeyError(message)): the message is the field in
+    # quotes, then the hint on its own line.
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    field, _, hint = text.partition("\n")
+    field = field.strip("'\"")
+    overrides = [arg for arg in argv if arg.startswith(f"--{CONFIG.name}.")]
+    named = [arg for arg in overrides if field in arg.partition("=")[0].split(".")]
+    flag = named[0].partition("=")[0] if named else f"--{CONFIG.name}.{field}"
+    advice = hint.strip() or "check the spelling against the config file"
+    return f"{flag}: the config has no field {field!r}. {advice}"
 
 
 def run(main: _Main, key_flags: Sequence[flags.FlagHolder], usage: str | None) -> NoReturn:

@@ -11,13 +11,12 @@ Runs :func:`sastc_jax.main.run`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import flags, logging
+from absl import flags
 
-from sastc_jax import checkpoints, distributed, runlock, train
+from sastc_jax import distributed
 from sastc_jax import main as training
 from sastc_jax.cli import flags as shared
 
@@ -43,38 +42,21 @@ INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
     "Seconds to wait for the coordinator and for all processes to join it.",
 )
 
-EXPECTED_ERRORS = (
-    ValueError,
-    FileNotFoundError,
-    ImportError,
-    checkpoints.CheckpointError,
-    train.NonFiniteLossError,
-    distributed.DistributedError,
-    runlock.WorkdirLockedError,
-)
 
-
+@shared.error_boundary
 def main(argv: Sequence[str]) -> int:
     """Run the configured stages; 0, 1 (``error: ...``) or 143 (stopped by a signal)."""
     shared.check_positional(argv)
     shared.require(shared.CONFIG, shared.WORKDIR)
-    if not shared.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:
-        distributed.initialize(
-            mode=DISTRIBUTED.value,
-            coordinator_address=COORDINATOR_ADDRESS.value,
-            num_processes=NUM_PROCESSES.value,
-            process_id=PROCESS_ID.value,
-            timeout_seconds=INITIALIZATION_TIMEOUT.value,
-        )
-        training.run(shared.CONFIG.value, Path(shared.WORKDIR.value))
-    except train.Preempted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        return 143
-    except EXPECTED_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    shared.quiet_logging()
+    distributed.initialize(
+        mode=DISTRIBUTED.value,
+        coordinator_address=COORDINATOR_ADDRESS.value,
+        num_processes=NUM_PROCESSES.value,
+        process_id=PROCESS_ID.value,
+        timeout_seconds=INITIALIZATION_TIMEOUT.value,
+    )
+    training.run(shared.CONFIG.value, Path(shared.WORKDIR.value))
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from sastc_jax.data.bad_examples import BadExamples, check_policy
 from sastc_jax.data.errors import (
     BatchLargerThanSplitError,
+    DataFileError,
     DatasetNotFoundError,
     UnreadableExampleError,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "BadExamples",
     "BatchLargerThanSplitError",
     "BatchLoader",
+    "DataFileError",
     "Dataset",
     "DatasetNotFoundError",
     "DatasetSpec",

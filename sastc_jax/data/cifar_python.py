@@ -21,7 +21,7 @@ import pickle
 
 import numpy as np
 
-from sastc_jax.data.errors import DatasetNotFoundError
+from sastc_jax.data.errors import DataFileError, DatasetNotFoundError, reading
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -58,6 +58,10 @@ ARCHIVES = {
     ),
 }
 _PIXELS = 3 * 32 * 32
+REMEDY = (
+    "download the archive again (torchvision's CIFAR download) or point "
+    "config.dataset.data_dir at an intact copy."
+)
 
 # The only globals a CIFAR pickle needs: NumPy's array reconstruction (Python 2 era
 # pickles name numpy.core, NumPy 2 moved it to numpy._core), and the bytes constructor
@@ -84,14 +88,17 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _load_dict(path: str) -> dict[str, object]:
     """Unpickle one archive file into a dict with str keys (the files use bytes keys)."""
-    try:
-        with open(path, "rb") as handle:
-            content = _ArrayUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise ValueError(
-            f"{path} is not a readable CIFAR python archive file (truncated or not the "
-            f"pickled dict torchvision's download holds): {type(error).__name__}: {error}"
-        ) from error
+    with reading(path, REMEDY):  # I/O errors; a broken pickle is named below
+        try:
+            with open(path, "rb") as handle:
+                content = _ArrayUnpickler(handle, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+            raise DataFileError(
+                f"{path} is not a readable CIFAR python archive file (truncated or not the "
+                "pickled dict torchvision's download holds): "
+                f"{type(error).__name__}: {error}; {REMEDY}",
+                path,
+            ) from error
     if not isinstance(content, dict):
         raise ValueError(f"{path} holds a {type(content).__name__}, not the dict of a CIFAR batch.")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in content.items()}

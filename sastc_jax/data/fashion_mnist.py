@@ -16,12 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from sastc_jax.data.errors import DataFileError, reading
+
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _UBYTE = 0x08
+REMEDY = (
+    "replace it with an intact copy (reinstall `dataset-fashion-mnist`, or download the "
+    "four IDX files again), or point config.dataset.data_dir at another copy."
+)
 
 
 def _open_idx(directory: str, stem: str):
@@ -44,18 +50,21 @@ def _open_idx(directory: str, stem: str):
 def read_idx(directory: str, stem: str) -> np.ndarray:
     """Read one unsigned-byte IDX file into a uint8 array of the shape its header declares."""
     handle, path = _open_idx(directory, stem)
-    with handle:
+    with reading(path, REMEDY), handle:
         data = handle.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _UBYTE:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic {data[:4]!r}).")
+        raise DataFileError(
+            f"{path} is not an unsigned-byte IDX file (bad magic {data[:4]!r}); {REMEDY}", path
+        )
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64))
     if len(data) - header != expected:
-        raise ValueError(
+        raise DataFileError(
             f"{path} is truncated or corrupt: header declares shape {shape} "
-            f"({expected} bytes) but {len(data) - header} bytes follow."
+            f"({expected} bytes) but {len(data) - header} bytes follow; {REMEDY}",
+            path,
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 

@@ -93,7 +93,9 @@ def verify_split(
     # DatasetNotFoundError is an OSError; EOFError is a gzip file cut short.
     except (ValueError, OSError, EOFError, ImportError) as error:
         what = "not found" if isinstance(error, DatasetNotFoundError) else "unreadable"
-        bad = {"split": split, "index": None, "path": None, "class": None}
+        # A damaged file (DataFileError) or a missing one names its path.
+        path = getattr(error, "path", None) or getattr(error, "filename", None)
+        bad = {"split": split, "index": None, "path": path, "class": None}
         bad["reason"] = f"split {what}: {type(error).__name__}: {error}"
         return {"split": split, "checked": 0, "bad": [bad], "seconds": time.perf_counter() - start}
 

@@ -6,7 +6,10 @@ Any config field can be overridden, e.g. ``--config.method=kd --config.stage=dis
 student against a frozen teacher checkpoint, ``all`` does both (skipping the
 teacher when its checkpoint exists or is a PyTorch file to import), ``evaluate``
 reports the test accuracy of ``config.evaluate`` (the teacher, or the student's
-latest / best checkpoint) without training. Rerunning with the same workdir resumes.
+latest / best checkpoint) without training. Rerunning with the same workdir resumes:
+a config that changes what its checkpoints mean is refused before anything in the workdir
+is written (:mod:`sastc_jax.checkpoints.resumption`); other changes are recorded in
+``WORKDIR/history.jsonl``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sastc_jax import (
     runlock,
     train,
 )
+from sastc_jax.checkpoints import resumption
 
 
 def lock_workdir(workdir: Path) -> runlock.RunLock:
@@ -55,6 +59,10 @@ def run(config, workdir: Path) -> list[dict]:
     with contextlib.ExitStack() as cleanup:
         lock = lock_workdir(workdir)
         cleanup.callback(lock.release)
+        run_record = None
+        if config.stage != "evaluate":  # reads only: a refused resume writes nothing
+            teacher_dir = train.teacher_checkpoint_dir(config, workdir)
+            run_record = resumption.check_resume(config, workdir, teacher_dir)
         workdir.mkdir(parents=True, exist_ok=True)
         logger = metrics.MetricsLogger(
             workdir,
@@ -64,11 +72,20 @@ def run(config, workdir: Path) -> list[dict]:
         cleanup.callback(logger.close)
         if lock.warning:
             logger.info(lock.warning)
+        if run_record is not None and jax.process_index() == 0:
+            if run_record["changed"]:
+                changes = ", ".join(
+                    f"{field} {old!r} -> {new!r}"
+                    for field, (old, new) in run_record["changed"].items()
+                )
+                logger.info(f"resuming with changed settings: {changes}")
+            resumption.record_run(workdir, run_record)
         return run_stages(config, workdir, mesh, logger)
 
 
 def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> list[dict]:
-    """The stages of :func:`run`, logged to ``logger``."""
+    """The stages of :func:`run`, logged to ``logger``; the workdir's ``summary.json``
+    keeps the summary of every stage that ever finished (:func:`metrics.merge_summaries`)."""
     if config.stage == "evaluate":  # the workdir's config.json and summary.json stay as they are
         summary = train.evaluate_checkpoint(config, workdir, mesh, logger)
         if jax.process_index() == 0:
@@ -98,5 +115,5 @@ def run_stages(config, workdir: Path, mesh, logger: metrics.MetricsLogger) -> li
     if summaries:
         logger.info("\n" + metrics.summary_table(summaries))
         if jax.process_index() == 0:
-            (workdir / "summary.json").write_text(json.dumps(summaries, indent=2))
+            metrics.write_summaries(workdir, summaries)
     return summaries

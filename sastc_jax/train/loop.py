@@ -296,8 +296,10 @@ def run_stage(
 
 def resume(stage: Stage, ckpts: checkpoints.Checkpoints, mesh, logger) -> step_lib.TrainState:
     """The stage's state from its newest intact checkpoint (corrupt ones are reported and
-    moved aside), or its initial state."""
+    moved aside), or its initial state. The stage's step records after the step it
+    resumes from (0 without a checkpoint) leave ``metrics.jsonl``: they are logged again."""
     resumed = ckpts.resume(portable(stage.state, mesh))
+    logger.drop_after(stage.name, 0 if resumed is None else resumed.step)
     if resumed is None:
         return stage.state
     stats = parallel.per_device_copies(resumed.state.batch_stats, mesh)

@@ -211,7 +211,16 @@ def load_teacher(
         return pytorch.load_teacher(
             path, model, config.teacher.model, input_shape, num_classes=num_classes
         )
-    return checkpoints.load_teacher(path, model=config.teacher.model, num_classes=num_classes)
+    variables, record = checkpoints.load_teacher(
+        path, model=config.teacher.model, num_classes=num_classes
+    )
+    expected = jax.eval_shape(
+        functools.partial(model.init, train=False),
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, *input_shape), jnp.float32),
+    )
+    checkpoints.check_teacher_variables(variables, expected, str(path))
+    return variables, record
 
 
 @dataclasses.dataclass
