@@ -27,7 +27,7 @@ from sastc_jax.checkpoints import (
     CorruptCheckpointError,
     TeacherMismatchError,
     load_stage_state,
-    load_teacher,
+    restore_teacher,
     save_teacher,
     teacher_exists,
     verify_checksums,
@@ -283,7 +283,7 @@ def test_teacher_round_trip_and_replacement(tmp_path):
     assert not teacher_exists(directory)
     save_teacher(directory, variables, model="resnet19_ann", num_classes=10, dataset="cifar10")
     assert teacher_exists(directory)
-    loaded, record = load_teacher(directory, model="resnet19_ann", num_classes=10)
+    loaded, record = restore_teacher(directory, model="resnet19_ann", num_classes=10)
     assert_same_tree(loaded, variables)
     assert record == {
         "model": "resnet19_ann",
@@ -294,7 +294,7 @@ def test_teacher_round_trip_and_replacement(tmp_path):
     newer = jax.tree.map(lambda x: x + 1, variables)
     save_teacher(directory, newer, model="resnet19_ann", num_classes=10, dataset="c", accuracy=0.9)
     target = jax.tree.map(jnp.zeros_like, variables)
-    loaded, record = load_teacher(directory, model="resnet19_ann", num_classes=10, target=target)
+    loaded, record = restore_teacher(directory, model="resnet19_ann", num_classes=10, target=target)
     assert_same_tree(loaded, newer)
     assert record["accuracy"] == pytest.approx(0.9)
     assert len(step_dirs(directory)) == 1
@@ -308,7 +308,7 @@ def test_teacher_mismatch_names_both_sides(tmp_path, model, num_classes):
         tmp_path, {"params": make_params(0)}, model="resnet19_ann", num_classes=10, dataset="c"
     )
     with pytest.raises(TeacherMismatchError) as info:
-        load_teacher(tmp_path, model=model, num_classes=num_classes)
+        restore_teacher(tmp_path, model=model, num_classes=num_classes)
     message = str(info.value)
     assert str(tmp_path) in message
     assert "holds resnet19_ann with 10 classes" in message
@@ -319,11 +319,11 @@ def test_missing_teacher_raises_checkpoint_error(tmp_path):
     directory = tmp_path / "no_teacher"
     assert not teacher_exists(directory)
     with pytest.raises(CheckpointError, match=f"{directory}.*`teacher` stage"):
-        load_teacher(directory, model="resnet19_ann", num_classes=10)
+        restore_teacher(directory, model="resnet19_ann", num_classes=10)
     directory.mkdir()  # exists but holds no checkpoint
     assert not teacher_exists(directory)
     with pytest.raises(CheckpointError, match=r"config\.teacher\.checkpoint"):
-        load_teacher(directory, model="resnet19_ann", num_classes=10)
+        restore_teacher(directory, model="resnet19_ann", num_classes=10)
 
 
 def dict_state(scale: int) -> dict:
@@ -382,7 +382,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 import jax.numpy as jnp, numpy as np, optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from sastc_jax.checkpoints import Checkpoints, load_teacher, save_teacher
+from sastc_jax.checkpoints import Checkpoints, restore_teacher, save_teacher
 TX = optax.sgd(0.1, momentum=0.9)
 """
     + DICT_STATE
@@ -415,7 +415,7 @@ with Checkpoints(workdir + "/run", max_to_keep=2) as ckpts:
     assert resumed.step == 2 and int(resumed.state["step"]) == 2, resumed.path
 teacher = put({"params": {"w": jnp.ones(3)}})
 save_teacher(workdir + "/teacher", teacher, model="m", num_classes=2, dataset="d")
-variables, record = load_teacher(workdir + "/teacher", model="m", num_classes=2)
+variables, record = restore_teacher(workdir + "/teacher", model="m", num_classes=2)
 assert variables["params"]["w"].sharding.is_fully_replicated and record["model"] == "m"
 print("OK", jax.process_index())
 """
@@ -649,14 +649,14 @@ def test_corrupt_teacher_is_an_error_never_a_silent_teacher(tmp_path):
     shutil.copytree(tmp_path / "good", tmp_path / "flipped")
     flip_byte(array_files(tmp_path / "flipped" / "0")[0])
     with pytest.raises(CorruptCheckpointError, match="does not match its SHA-256") as info:
-        load_teacher(tmp_path / "flipped", model="m", num_classes=2)
+        restore_teacher(tmp_path / "flipped", model="m", num_classes=2)
     assert str(tmp_path / "flipped" / "0") in str(info.value) and "`teacher` stage" in str(
         info.value
     )
     nan_variables = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), variables)
     save_teacher(tmp_path / "nan", nan_variables, model="m", num_classes=2, dataset="d")
     with pytest.raises(CorruptCheckpointError, match="non-finite values"):
-        load_teacher(tmp_path / "nan", model="m", num_classes=2)
+        restore_teacher(tmp_path / "nan", model="m", num_classes=2)
 
 
 def checkpoints_command(*args: str) -> int:

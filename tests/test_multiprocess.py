@@ -137,7 +137,7 @@ def test_checkpoint_of_two_processes_restores_in_one(runs, tmp_path):
             continue
         held = in_memory["." + key[2:].replace("']", "", 1)]  # "['params']..." -> ".params..."
         np.testing.assert_allclose(value, held.reshape(value.shape), err_msg=key)
-    variables, record = checkpoints.load_teacher(
+    variables, record = checkpoints.restore_teacher(
         multi / "teacher" / "final", model="convnet_ann", num_classes=10
     )
     assert record["accuracy"] == records(multi, "test")[0]["accuracy"]

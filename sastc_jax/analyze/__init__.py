@@ -185,7 +185,7 @@ def analyze_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     calibrated = distillation.calibrator is not None
     teacher_vars = None  # the attention needs the trained teacher; its MACs only shapes
     if calibrated:
-        teacher_vars, _ = train.load_teacher(
+        teacher_vars, _ = train.load_configured_teacher(
             config, run_dir, teacher, test.num_classes, test.input_shape
         )
         teacher_vars = jax.device_get(teacher_vars)

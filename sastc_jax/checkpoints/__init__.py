@@ -47,7 +47,7 @@ from sastc_jax.checkpoints.teacher import (
     VARIABLES,
     check_teacher_variables,
     is_torch_checkpoint,
-    load_teacher,
+    restore_teacher,
     save_teacher,
     teacher_exists,
 )
@@ -78,8 +78,8 @@ __all__ = [
     "load_config",
     "load_stage_state",
     "load_student_state",
-    "load_teacher",
     "nonfinite_leaves",
+    "restore_teacher",
     "save_teacher",
     "teacher_exists",
     "verify_checksums",

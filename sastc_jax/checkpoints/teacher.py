@@ -110,7 +110,7 @@ def save_teacher(
                 manager.delete(older)
 
 
-def load_teacher(
+def restore_teacher(
     directory: str | os.PathLike, *, model: str, num_classes: int, target: PyTree = None
 ) -> tuple[dict, dict]:
     """Load a teacher saved by ``save_teacher``: returns ``(variables, record)``.

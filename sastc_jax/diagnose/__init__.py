@@ -125,7 +125,7 @@ def diagnose_run(run_dir: str | Path, *, mesh=None) -> dict[str, Any]:
     distillation = train.build_distillation(config, data.num_classes, sample)
     params, batch_stats = jax.device_get(train.initial_student(config, distillation, sample, mesh))
     initial = {"params": params, "batch_stats": batch_stats}
-    teacher_vars, _ = train.load_teacher(
+    teacher_vars, _ = train.load_configured_teacher(
         config, run_dir, distillation.teacher, data.num_classes, data.input_shape
     )
     teacher_vars = jax.device_get(teacher_vars)

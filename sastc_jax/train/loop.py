@@ -38,7 +38,7 @@ from sastc_jax.train.stages import (
     Stage,
     build_teacher,
     distill_stage,
-    load_teacher,
+    load_configured_teacher,
     load_test_split,
     steps_per_epoch,
     teacher_checkpoint_dir,
@@ -422,7 +422,7 @@ def evaluate_checkpoint(config, workdir: Path, mesh, logger) -> dict[str, Any]:
     if config.evaluate == "teacher":
         eval_data = load_test_split(config, "teacher", mesh)
         model = build_teacher(config, eval_data.num_classes)
-        variables, _ = load_teacher(
+        variables, _ = load_configured_teacher(
             config, workdir, model, eval_data.num_classes, eval_data.input_shape
         )
         variables = parallel.replicate(variables, mesh)

@@ -200,7 +200,7 @@ def teacher_checkpoint_dir(config, workdir: Path) -> Path:
     )
 
 
-def load_teacher(
+def load_configured_teacher(
     config, workdir: Path, model: flax.linen.Module, num_classes: int, input_shape: tuple
 ) -> tuple[dict, dict]:
     """The frozen teacher's ``(variables, record)`` for ``model``: imported from a PyTorch
@@ -211,7 +211,7 @@ def load_teacher(
         return pytorch.load_teacher(
             path, model, config.teacher.model, input_shape, num_classes=num_classes
         )
-    variables, record = checkpoints.load_teacher(
+    variables, record = checkpoints.restore_teacher(
         path, model=config.teacher.model, num_classes=num_classes
     )
     expected = jax.eval_shape(
@@ -270,26 +270,28 @@ def build_distillation(config, num_classes: int, sample: np.ndarray) -> Distilla
 
 
 def distillation_inputs(config, mesh):
-    """``(train_data, validation_data, eval_data, sample, parts)`` of the distillation
+    """``(train_data, validation_data, eval_data, sample, distillation)`` of the distillation
     stage: its datasets, a zero per-device input batch and the :class:`Distillation` built
     for it."""
     optim = config.student.optimizer
     train_data, validation_data, eval_data = load_datasets(config, "student", mesh)
     local_batch = parallel.local_batch_size(optim.batch_size, mesh)
     sample = np.zeros((local_batch, *train_data.input_shape), np.float32)
-    parts = build_distillation(config, train_data.num_classes, sample)
-    return train_data, validation_data, eval_data, sample, parts
+    distillation = build_distillation(config, train_data.num_classes, sample)
+    return train_data, validation_data, eval_data, sample, distillation
 
 
-def initial_student(config, parts: Distillation, sample: np.ndarray, mesh) -> tuple[dict, dict]:
+def initial_student(
+    config, distillation: Distillation, sample: np.ndarray, mesh
+) -> tuple[dict, dict]:
     """``(params, batch_stats)`` the distillation starts from: the student's parameters
     and, for a calibrated method, the calibration's (:mod:`sastc_jax.param_tree`), both
     from ``config.seed``."""
     rng_student, rng_calibration = jax.random.split(jax.random.key(config.seed + 1))
-    variables = init_variables(parts.student, rng_student, sample, mesh)
+    variables = init_variables(distillation.student, rng_student, sample, mesh)
     calibration_params = None
-    if parts.calibrator is not None:
-        init = jax.jit(parts.init_calibration, out_shardings=parallel.replicated(mesh))
+    if distillation.calibrator is not None:
+        init = jax.jit(distillation.init_calibration, out_shardings=parallel.replicated(mesh))
         calibration_params = init(rng_calibration)
     params = param_tree.distillation_params(variables["params"], calibration_params)
     return params, variables["batch_stats"]
@@ -297,27 +299,27 @@ def initial_student(config, parts: Distillation, sample: np.ndarray, mesh) -> tu
 
 def distill_stage(config, mesh, workdir: Path) -> Stage:
     optim = config.student.optimizer
-    train_data, validation_data, eval_data, sample, parts = distillation_inputs(config, mesh)
+    train_data, validation_data, eval_data, sample, distillation = distillation_inputs(config, mesh)
     num_classes = train_data.num_classes
-    params, batch_stats = initial_student(config, parts, sample, mesh)
+    params, batch_stats = initial_student(config, distillation, sample, mesh)
     frozen, teacher_record = {}, {}
-    if parts.teacher is not None:
-        teacher_vars, teacher_record = load_teacher(
-            config, workdir, parts.teacher, num_classes, train_data.input_shape
+    if distillation.teacher is not None:
+        teacher_vars, teacher_record = load_configured_teacher(
+            config, workdir, distillation.teacher, num_classes, train_data.input_shape
         )
         frozen = parallel.replicate(teacher_vars, mesh)
     tx, schedule = step_lib.make_optimizer(optim, steps_per_epoch(config, train_data))
     return Stage(
         name="student",
-        model=parts.student,
+        model=distillation.student,
         train_data=train_data,
         eval_data=eval_data,
         validation_data=validation_data,
         optim=optim,
         state=new_state(params, batch_stats, tx, mesh),
         frozen=frozen,
-        train_step=step_lib.make_train_step(parts.objective, tx, schedule, mesh),
-        eval_step=step_lib.make_eval_step(parts.student, mesh),
+        train_step=step_lib.make_train_step(distillation.objective, tx, schedule, mesh),
+        eval_step=step_lib.make_eval_step(distillation.student, mesh),
         record={
             "model": config.student.model,
             "num_classes": num_classes,
