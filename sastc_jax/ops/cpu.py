@@ -59,25 +59,11 @@ def _explicit_padding(
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _plain_conv(
-    lhs_shape,
-    rhs_shape,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_groups,
-    batch_groups,
-) -> bool:
-    """An NHWC/HWIO convolution without dilation or grouping."""
-    if not _plain_nhwc(lhs_shape, rhs_shape, dimension_numbers):
-        return False
-    if (feature_groups, batch_groups) != (1, 1):
-        return False
-    dilations = (*(lhs_dilation or ()), *(rhs_dilation or ()))
-    return all(d == 1 for d in dilations)
+# What conv_form decides (see the module docstring).
+POINTWISE, MATMUL_KERNEL_GRADIENT, XLA = "pointwise", "matmul_kernel_gradient", "xla"
 
 
-def uses_matmul_kernel_gradient(
+def conv_form(
     lhs_shape: Sequence[int],
     rhs_shape: Sequence[int],
     window_strides: Sequence[int],
@@ -87,58 +73,42 @@ def uses_matmul_kernel_gradient(
     dimension_numbers=None,
     feature_group_count: int = 1,
     batch_group_count: int = 1,
+    *,
     min_rows: int = DEFAULT_MIN_ROWS,
-) -> bool:
-    """Whether :func:`conv_general_dilated` replaces XLA's kernel gradient for this call."""
-    plain = _plain_conv(
-        lhs_shape,
-        rhs_shape,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-    )
-    if not plain:
-        return False
-    if tuple(rhs_shape[:2]) == (1, 1):  # a 1x1 kernel gradient is a single dot already
-        return False
-    if any(s != 1 for s in window_strides):  # strided: XLA's gradient (one per stage here)
-        return False
+) -> str:
+    """How :func:`conv_general_dilated` computes this call (the arguments of
+    ``lax.conv_general_dilated``, shapes in place of arrays): :data:`POINTWISE` (a plain
+    1x1 convolution, any stride, without padding: one ``dot_general``),
+    :data:`MATMUL_KERNEL_GRADIENT` (a plain stride-1 convolution with a spatial kernel and
+    at least ``min_rows`` output positions: XLA's forward, the matmul kernel gradient) or
+    :data:`XLA` (``lax.conv_general_dilated`` unchanged)."""
+    if not _plain_nhwc(lhs_shape, rhs_shape, dimension_numbers):
+        return XLA
+    dilations = (*(lhs_dilation or ()), *(rhs_dilation or ()))
+    if (feature_group_count, batch_group_count) != (1, 1) or any(d != 1 for d in dilations):
+        return XLA
     pads = _explicit_padding(padding, lhs_shape[1:3], rhs_shape[:2], window_strides)
+    if tuple(rhs_shape[:2]) == (1, 1):  # a 1x1 kernel gradient is a single dot already
+        return POINTWISE if all(lo == 0 and hi == 0 for lo, hi in pads) else XLA
+    if any(s != 1 for s in window_strides):  # strided: XLA's gradient (one per stage here)
+        return XLA
     spatial = zip(lhs_shape[1:3], pads, rhs_shape[:2], window_strides, strict=True)
     out_size = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in spatial]
-    return lhs_shape[0] * out_size[0] * out_size[1] >= min_rows
+    rows = lhs_shape[0] * out_size[0] * out_size[1]
+    return MATMUL_KERNEL_GRADIENT if rows >= min_rows else XLA
 
 
-def is_pointwise(
-    lhs_shape: Sequence[int],
-    rhs_shape: Sequence[int],
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-) -> bool:
+def uses_matmul_kernel_gradient(*args, **kwargs) -> bool:
+    """Whether :func:`conv_general_dilated` replaces XLA's kernel gradient for this call
+    (the arguments of :func:`conv_form`)."""
+    return conv_form(*args, **kwargs) == MATMUL_KERNEL_GRADIENT
+
+
+def is_pointwise(*args, **kwargs) -> bool:
     """Whether :func:`conv_general_dilated` computes this call as a ``dot_general``: a
-    plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation or grouping."""
-    plain = _plain_conv(
-        lhs_shape,
-        rhs_shape,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-    )
-    if not plain:
-        return False
-    if tuple(rhs_shape[:2]) != (1, 1):
-        return False
-    pads = _explicit_padding(padding, lhs_shape[1:3], rhs_shape[:2], window_strides)
-    return all(lo == 0 and hi == 0 for lo, hi in pads)
+    plain NHWC/HWIO 1x1 convolution (any stride) without padding, dilation or grouping
+    (the arguments of :func:`conv_form`)."""
+    return conv_form(*args, **kwargs) == POINTWISE
 
 
 @remat.named(NAMED_SCOPE)
@@ -238,16 +208,23 @@ def conv_general_dilated(
     ``min_rows``: the fewest output positions (N * Ho * Wo) that get the matmul
     kernel gradient.
     """
-    layout = (lhs_dilation, rhs_dilation, dimension_numbers)
-    groups = (feature_group_count, batch_group_count)
-    default_math = precision is None and preferred_element_type is None
-    shapes = (lhs.shape, rhs.shape, window_strides, padding)
-    if default_math and is_pointwise(*shapes, *layout, *groups):
+    form = XLA
+    if precision is None and preferred_element_type is None:
+        form = conv_form(
+            lhs.shape,
+            rhs.shape,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            min_rows=min_rows,
+        )
+    if form == POINTWISE:
         return pointwise(lhs, rhs, window_strides)
-    eligible = default_math and uses_matmul_kernel_gradient(
-        *shapes, *layout, *groups, min_rows=min_rows
-    )
-    if not eligible:
+    if form == XLA:
         return lax.conv_general_dilated(
             lhs,
             rhs,
