@@ -40,7 +40,6 @@ def main(argv: Sequence[str]) -> int:
     """Run the comparison; 0, 1 (``error: ...``) or 143 (stopped by a signal)."""
     shared.check_positional(argv)
     shared.require(shared.CONFIG, shared.WORKDIR)
-    shared.quiet_logging()
     if jax.process_count() > 1:
         raise app.UsageError("The comparison runs in one process.", exitcode=shared.USAGE_ERROR)
     workdir = Path(shared.WORKDIR.value)

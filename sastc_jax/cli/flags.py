@@ -77,10 +77,11 @@ STOPPED = 143  # exit status of a run stopped by SIGTERM (checkpoint saved), as 
 def error_boundary(main: _Main) -> _Main:
     """``main`` with :data:`EXPECTED_ERRORS` printed as one ``error: ...`` line on stderr
     (exit status 1) and :class:`Preempted` as ``stopped: ...`` (143); usage errors
-    (app.UsageError) and bugs pass through."""
+    (app.UsageError) and bugs pass through. Logging is quiet (:func:`quiet_logging`)."""
 
     @functools.wraps(main)
     def bounded(argv: Sequence[str]) -> Any:
+        quiet_logging()
         try:
             return main(argv)
         except Preempted as stop:
@@ -152,7 +153,6 @@ def report_command(report: Callable[[str], Any]) -> _Main:
     def main(argv: Sequence[str]) -> int:
         check_positional(argv)
         require(WORKDIR)
-        quiet_logging()
         print(report(WORKDIR.value))
         return 0
 

@@ -48,7 +48,6 @@ def main(argv: Sequence[str]) -> int:
     """Run the configured stages; 0, 1 (``error: ...``) or 143 (stopped by a signal)."""
     shared.check_positional(argv)
     shared.require(shared.CONFIG, shared.WORKDIR)
-    shared.quiet_logging()
     distributed.initialize(
         mode=DISTRIBUTED.value,
         coordinator_address=COORDINATOR_ADDRESS.value,
