@@ -208,36 +208,22 @@ def conv_general_dilated(
     ``min_rows``: the fewest output positions (N * Ho * Wo) that get the matmul
     kernel gradient.
     """
+    layout = (
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+    )
     form = XLA
     if precision is None and preferred_element_type is None:
-        form = conv_form(
-            lhs.shape,
-            rhs.shape,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-            min_rows=min_rows,
-        )
+        form = conv_form(lhs.shape, rhs.shape, *layout, min_rows=min_rows)
     if form == POINTWISE:
         return pointwise(lhs, rhs, window_strides)
     if form == XLA:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-            precision,
-            preferred_element_type,
-        )
+        return lax.conv_general_dilated(lhs, rhs, *layout, precision, preferred_element_type)
     return _conv_nhwc(lhs, rhs, _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], (1, 1)))
 
 
