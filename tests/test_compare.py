@@ -49,6 +49,21 @@ def logged_train_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in records if r.get("split") == "train"]
 
 
+def finished_stand_in(cfg, run_dir: Path, accuracy: float) -> dict:
+    """What a stand-in for ``train.train_student`` leaves: one validation record at
+    ``accuracy`` in ``metrics.jsonl``, and the summary it returns."""
+    record = {"split": "validation", "epoch": 1, "step": 3, "accuracy": accuracy}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return {
+        "final_accuracy": accuracy,
+        "best_accuracy": accuracy,
+        "best_validation_accuracy": accuracy,
+        "accuracy_per_t": [accuracy] * cfg.time_steps,
+        "seconds": 2.0,
+        "images_per_second": 10.0,
+    }
+
+
 @pytest.mark.slow
 def test_compare_trains_resumes_skips_and_tabulates(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
@@ -384,17 +399,9 @@ def test_a_diverged_run_is_reported_and_the_comparison_goes_on(tmp_path, monkeyp
         trained.append(run_dir.name)
         if cfg.method != "ce" and cfg.loss.beta == 800.0:
             raise train.NonFiniteLossError("non-finite loss at step 7: calibration=nan")
-        accuracy = 0.8 - (cfg.loss.beta / 1e4 if cfg.method != "ce" else 0.0)
-        record = {"split": "validation", "epoch": 1, "step": 3, "accuracy": accuracy}
-        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-        return {
-            "final_accuracy": accuracy,
-            "best_accuracy": accuracy,
-            "best_validation_accuracy": accuracy,
-            "accuracy_per_t": [accuracy] * cfg.time_steps,
-            "seconds": 2.0,
-            "images_per_second": 10.0,
-        }
+        return finished_stand_in(
+            cfg, run_dir, 0.8 - (cfg.loss.beta / 1e4 if cfg.method != "ce" else 0.0)
+        )
 
     monkeypatch.setattr(train, "train_teacher", fake_teacher)
     monkeypatch.setattr(train, "train_student", fake_student)

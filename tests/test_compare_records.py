@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_compare import tiny_config
+from test_compare import finished_stand_in, tiny_config
 from test_data_static import write_fashion_dir
 
 from sastc_jax import compare, train
@@ -170,17 +170,7 @@ def test_a_resumed_run_counts_every_invocation_and_notrain_shows_the_sweeps_so_f
         calls.append(run_dir.name)
         if run_dir.name == "sastc_beta100_seed0" and calls.count(run_dir.name) == 1:
             raise train.Preempted(143)
-        accuracy = 0.8 if cfg.method == "ce" else 0.79
-        record = {"split": "validation", "epoch": 1, "step": 3, "accuracy": accuracy}
-        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-        return {
-            "final_accuracy": accuracy,
-            "best_accuracy": accuracy,
-            "best_validation_accuracy": accuracy,
-            "accuracy_per_t": [accuracy] * cfg.time_steps,
-            "seconds": 2.0,
-            "images_per_second": 10.0,
-        }
+        return finished_stand_in(cfg, run_dir, 0.8 if cfg.method == "ce" else 0.79)
 
     monkeypatch.setattr(train, "train_teacher", fake_teacher)
     monkeypatch.setattr(train, "train_student", fake_student)
