@@ -423,3 +423,23 @@ def test_a_diverged_run_is_reported_and_the_comparison_goes_on(tmp_path, monkeyp
     trained.clear()
     assert [run["row"] for run in compare.run(config, workdir, analyse=False)] == ["ce", "sastc"]
     assert trained == []  # finished and diverged runs are both skipped on a rerun
+
+
+def test_the_small_beta_config_continues_the_comparisons_sweep_and_changes_nothing_else(
+    tmp_path,
+):
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, CONFIG.with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+
+    comparison, small = load("fashion_mnist_compare"), load("fashion_mnist_compare_small_beta")
+    assert max(small.compare.beta_sweep.candidates) < min(comparison.compare.beta_sweep.candidates)
+    assert not small.compare.learning_rate_sweep.candidates and not small.compare.doubling.rows
+    rows = {row.name: row for row in compare.comparison_settings(small)[0]}
+    for beta in small.compare.beta_sweep.candidates:
+        chosen = {"learning_rate": small.student.optimizer.learning_rate, "beta": beta}
+        ours = compare.student_config(small, tmp_path, rows["sastc"], 0, {"beta": beta})
+        theirs = compare.student_config(comparison, tmp_path, rows["sastc"], 0, chosen)
+        assert ours.to_json_best_effort() == theirs.to_json_best_effort()
