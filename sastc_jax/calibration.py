@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 import flax.linen as nn
 import jax
@@ -350,6 +351,19 @@ def _tap_shape(tap: Array) -> tuple[int, int, int]:
     return tuple(int(size) for size in tap.shape[-3:])
 
 
+class CalibrationOptions(TypedDict, total=False):
+    """The keywords :func:`init_calibration` and :func:`calibration_loss` pass on to
+    :func:`calibration_module`, which holds their defaults."""
+
+    method: str | Strategy
+    embed_dim: int | None
+    dtype: jnp.dtype
+    remat: bool
+    attention_scale: float
+    learn_attention_scale: bool
+    ops: Ops | None
+
+
 def calibration_module(
     student_taps: Sequence[Array],
     teacher_taps: Sequence[Array],
@@ -383,27 +397,15 @@ def init_calibration(
     rng: Array,
     student_taps: Sequence[Array],
     teacher_taps: Sequence[Array],
-    *,
-    method: str | Strategy = "sastc",
-    embed_dim: int | None = None,
-    attention_scale: float = 1.0,
-    learn_attention_scale: bool = False,
-    ops: Ops | None = None,
+    **options: Unpack[CalibrationOptions],
 ) -> dict:
     """Initialise the calibration variables for taps of these shapes.
 
-    Only shapes are read (``jax.ShapeDtypeStruct`` works too); returns ``{'params': ...}``
-    (with a ``log_scale`` parameter only when ``learn_attention_scale``).
+    Only shapes are read (``jax.ShapeDtypeStruct`` works too); ``options`` as
+    :func:`calibration_module`. Returns ``{'params': ...}`` (with a ``log_scale``
+    parameter only when ``learn_attention_scale``).
     """
-    module = calibration_module(
-        student_taps,
-        teacher_taps,
-        method=method,
-        embed_dim=embed_dim,
-        attention_scale=attention_scale,
-        learn_attention_scale=learn_attention_scale,
-        ops=ops,
-    )
+    module = calibration_module(student_taps, teacher_taps, **options)
     student = [jnp.zeros(tap.shape, jnp.float32) for tap in student_taps]
     teacher = [jnp.zeros(tap.shape, jnp.float32) for tap in teacher_taps]
     return module.init(rng, student, teacher)
@@ -413,13 +415,7 @@ def calibration_loss(
     variables: dict,
     student_taps: Sequence[Array],
     teacher_taps: Sequence[Array],
-    *,
-    method: str | Strategy = "sastc",
-    embed_dim: int | None = None,
-    dtype: jnp.dtype = jnp.float32,
-    attention_scale: float = 1.0,
-    learn_attention_scale: bool = False,
-    ops: Ops | None = None,
+    **options: Unpack[CalibrationOptions],
 ) -> tuple[Array, Array]:
     """The SASTC loss as a pure function.
 
@@ -427,10 +423,12 @@ def calibration_loss(
       variables: from :func:`init_calibration` (``{'params': ...}``).
       student_taps: S arrays ``(T, B, H_i, W_i, C_i)``.
       teacher_taps: K arrays ``(B, H_j, W_j, C_j)``; no gradient flows into them.
-      method: ``'sastc'`` | ``'spatial'`` | ``'layerwise'``, or a :class:`Strategy`.
-      attention_scale, learn_attention_scale: as :class:`Calibration` (docs/method.md §7); a
-        learned scale is read from ``variables`` (``log_scale``).
-      ops: the convolution forms (:mod:`sastc_jax.ops`); ``None``: ``select('auto')``.
+      **options: :class:`CalibrationOptions`, defaults as :func:`calibration_module`:
+        ``method`` (``'sastc'`` | ``'spatial'`` | ``'layerwise'``, or a :class:`Strategy`);
+        ``attention_scale``, ``learn_attention_scale`` as :class:`Calibration`
+        (docs/method.md §7), a learned scale read from ``variables`` (``log_scale``);
+        ``ops``, the convolution forms (:mod:`sastc_jax.ops`), ``None`` for
+        ``select('auto')``; ``embed_dim``, ``dtype``, ``remat``.
 
     Returns:
       ``(loss, attention)``: the scalar ``L_sastc`` of docs/method.md §5.5 and the attention
@@ -442,16 +440,7 @@ def calibration_loss(
     (:func:`check_variables`).
     """
     check_variables(variables, student_taps, teacher_taps)
-    module = calibration_module(
-        student_taps,
-        teacher_taps,
-        method=method,
-        embed_dim=embed_dim,
-        dtype=dtype,
-        attention_scale=attention_scale,
-        learn_attention_scale=learn_attention_scale,
-        ops=ops,
-    )
+    module = calibration_module(student_taps, teacher_taps, **options)
     return module.apply(variables, student_taps, teacher_taps)
 
 
@@ -510,6 +499,7 @@ __all__ = [
     "SPATIAL",
     "STRATEGIES",
     "Calibration",
+    "CalibrationOptions",
     "EmbeddingMLP",
     "Strategy",
     "calibration_loss",

@@ -49,6 +49,21 @@ def logged_train_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in records if r.get("split") == "train"]
 
 
+def finished_stand_in(cfg, run_dir: Path, accuracy: float) -> dict:
+    """What a stand-in for ``train.train_student`` leaves: one validation record at
+    ``accuracy`` in ``metrics.jsonl``, and the summary it returns."""
+    record = {"split": "validation", "epoch": 1, "step": 3, "accuracy": accuracy}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    return {
+        "final_accuracy": accuracy,
+        "best_accuracy": accuracy,
+        "best_validation_accuracy": accuracy,
+        "accuracy_per_t": [accuracy] * cfg.time_steps,
+        "seconds": 2.0,
+        "images_per_second": 10.0,
+    }
+
+
 @pytest.mark.slow
 def test_compare_trains_resumes_skips_and_tabulates(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
@@ -384,17 +399,9 @@ def test_a_diverged_run_is_reported_and_the_comparison_goes_on(tmp_path, monkeyp
         trained.append(run_dir.name)
         if cfg.method != "ce" and cfg.loss.beta == 800.0:
             raise train.NonFiniteLossError("non-finite loss at step 7: calibration=nan")
-        accuracy = 0.8 - (cfg.loss.beta / 1e4 if cfg.method != "ce" else 0.0)
-        record = {"split": "validation", "epoch": 1, "step": 3, "accuracy": accuracy}
-        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
-        return {
-            "final_accuracy": accuracy,
-            "best_accuracy": accuracy,
-            "best_validation_accuracy": accuracy,
-            "accuracy_per_t": [accuracy] * cfg.time_steps,
-            "seconds": 2.0,
-            "images_per_second": 10.0,
-        }
+        return finished_stand_in(
+            cfg, run_dir, 0.8 - (cfg.loss.beta / 1e4 if cfg.method != "ce" else 0.0)
+        )
 
     monkeypatch.setattr(train, "train_teacher", fake_teacher)
     monkeypatch.setattr(train, "train_student", fake_student)
@@ -416,3 +423,23 @@ def test_a_diverged_run_is_reported_and_the_comparison_goes_on(tmp_path, monkeyp
     trained.clear()
     assert [run["row"] for run in compare.run(config, workdir, analyse=False)] == ["ce", "sastc"]
     assert trained == []  # finished and diverged runs are both skipped on a rerun
+
+
+def test_the_small_beta_config_continues_the_comparisons_sweep_and_changes_nothing_else(
+    tmp_path,
+):
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, CONFIG.with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+
+    comparison, small = load("fashion_mnist_compare"), load("fashion_mnist_compare_small_beta")
+    assert max(small.compare.beta_sweep.candidates) < min(comparison.compare.beta_sweep.candidates)
+    assert not small.compare.learning_rate_sweep.candidates and not small.compare.doubling.rows
+    rows = {row.name: row for row in compare.comparison_settings(small)[0]}
+    for beta in small.compare.beta_sweep.candidates:
+        chosen = {"learning_rate": small.student.optimizer.learning_rate, "beta": beta}
+        ours = compare.student_config(small, tmp_path, rows["sastc"], 0, {"beta": beta})
+        theirs = compare.student_config(comparison, tmp_path, rows["sastc"], 0, chosen)
+        assert ours.to_json_best_effort() == theirs.to_json_best_effort()

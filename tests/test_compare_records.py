@@ -2,12 +2,13 @@
 commit of each finished record, and a comparison continued from a fresh clone of the
 repository alone (nothing retrained, the table rebuilt without student checkpoints)."""
 
+import csv
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from test_compare import tiny_config
+from test_compare import finished_stand_in, tiny_config
 from test_data_static import write_fashion_dir
 
 from sastc_jax import compare, train
@@ -149,3 +150,56 @@ def test_a_committed_comparison_continues_from_a_fresh_clone(tmp_path, monkeypat
     teacher_sha = json.loads((workdir / "teacher" / "checksum.json").read_text())["sha256"]
     assert f"checkpoint SHA-256 `{teacher_sha}`" in markdown
     assert (workdir / "comparison.png").exists() and (workdir / "attention_sastc.png").exists()
+
+
+def test_a_resumed_run_counts_every_invocation_and_notrain_shows_the_sweeps_so_far(
+    tmp_path, monkeypatch
+):
+    """The trainer is replaced by a stand-in. The beta sweep's second run is stopped
+    (SIGTERM path) in the first invocation: ``--notrain`` then writes a results.md with the
+    sweep so far and every table run missing. The rerun finishes it; its summary and the
+    CSV hold the time of both invocations."""
+    config = tiny_config(tmp_path)
+    config.compare.beta_sweep.candidates = (10.0, 100.0)
+    calls = []
+
+    def fake_teacher(cfg, workdir, mesh, logger):
+        return {"model": cfg.teacher.model, "final_accuracy": 0.9, "seconds": 1.0}
+
+    def fake_student(cfg, run_dir, mesh, logger):
+        calls.append(run_dir.name)
+        if run_dir.name == "sastc_beta100_seed0" and calls.count(run_dir.name) == 1:
+            raise train.Preempted(143)
+        return finished_stand_in(cfg, run_dir, 0.8 if cfg.method == "ce" else 0.79)
+
+    monkeypatch.setattr(train, "train_teacher", fake_teacher)
+    monkeypatch.setattr(train, "train_student", fake_student)
+    workdir = tmp_path / "compare"
+    with pytest.raises(train.Preempted):
+        compare.run(config, workdir, analyse=False)
+    stopped = workdir / "runs" / "sastc_beta100_seed0"
+    ledger = [json.loads(line) for line in (stopped / "invocations.jsonl").read_text().splitlines()]
+    assert [entry["outcome"] for entry in ledger] == ["stopped"]
+    assert ledger[0]["wall_seconds"] >= 0 and ledger[0]["cpu_seconds"] >= 0
+
+    assert compare.run(config, workdir, train_runs=False) == []
+    pending = (workdir / "results.md").read_text()
+    assert "no table run has finished yet" in pending
+    assert "- beta sweep, final validation accuracy per value: 10: 79.00%, 100: not finished" in (
+        pending
+    )
+    assert "2 run(s) have not finished yet: ce_seed0, sastc_seed0" in pending
+
+    compare.run(config, workdir, analyse=False)
+    ledger = [json.loads(line) for line in (stopped / "invocations.jsonl").read_text().splitlines()]
+    assert [entry["outcome"] for entry in ledger] == ["stopped", "finished"]
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["invocations"] == 2
+    assert summary["total_seconds"] == pytest.approx(sum(e["wall_seconds"] for e in ledger))
+    assert summary["total_cpu_seconds"] == pytest.approx(sum(e["cpu_seconds"] for e in ledger))
+    assert stopped / "invocations.jsonl" in records.run_record_paths(stopped)
+    with open(workdir / "results.csv") as handle:
+        table = {row["row"]: row for row in csv.DictReader(handle)}
+    assert table["ce"]["invocations"] == "1"
+    ce_summary = json.loads((workdir / "runs" / "ce_seed0" / "summary.json").read_text())
+    assert float(table["ce"]["seconds"]) == pytest.approx(ce_summary["total_seconds"])

@@ -46,13 +46,14 @@ def main(argv: Sequence[str]) -> int:
     # Every seed of a method compiles the same programs: compile them once.
     jax.config.update("jax_compilation_cache_dir", str(workdir / "compilation_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    compare.run(
+    runs = compare.run(
         shared.CONFIG.value,
         workdir,
         train_runs=TRAIN.value,
         phases=PHASES.value,
         on_record=compare.git_commit if COMMIT_RECORDS.value else None,
     )
+    print(f"[compare] {len(runs)} table run(s) finished; the results: {workdir / 'results.md'}")
     return 0
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sastc_jax import analyze, diagnose, methods, parallel
-from sastc_jax.compare import records
-from sastc_jax.compare.report import write_results
+from sastc_jax.compare import records, report
 from sastc_jax.compare.runs import (
     PHASES,
     Row,
@@ -76,6 +75,25 @@ def sweep(
         "diverged": diverged,
         "chosen": chosen,
     }
+
+
+def sweep_progress(config, workdir: Path, rows) -> dict[str, dict[str, float | None]]:
+    """Each configured sweep's final validation accuracy per value so far, ``None`` for a
+    value whose run has not finished (or diverged), without training anything."""
+    progress = {}
+    for kind, tag in (("learning_rate", "lr"), ("beta", "beta")):
+        settings = config.compare.get(f"{kind}_sweep")
+        if not settings or not settings.get("candidates"):
+            continue
+        row = next(r for r in rows if r.name == settings.row)
+        seed = int(settings.get("seed", 0))
+        values = {}
+        for value in settings["candidates"]:
+            run_dir = workdir / "runs" / run_name(row.name, seed, f"{tag}{value:g}")
+            finished = read_summary(run_dir) is not None
+            values[f"{value:g}"] = final_validation_accuracy(run_dir) if finished else None
+        progress[kind] = values
+    return progress
 
 
 def run_sweeps(
@@ -264,9 +282,12 @@ def run(
         finish=finish,
     )
     if runs:
-        write_results(config, workdir, runs, teacher, choices, doubling, diverged, missing)
+        report.write_results(config, workdir, runs, teacher, choices, doubling, diverged, missing)
         if on_record is not None and train_runs:
             on_record(records.comparison_record_paths(workdir), "compare: the results so far")
+    elif not train_runs:
+        progress = sweep_progress(config, workdir, rows_config)
+        (workdir / "results.md").write_text(report.pending_markdown(teacher, progress, missing))
     return runs
 
 

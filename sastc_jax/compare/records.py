@@ -19,6 +19,7 @@ RUN_RECORD_FILES = (
     "summary.json",
     "diverged.json",
     "metrics.jsonl",
+    "invocations.jsonl",
     "analysis.json",
     "analysis.md",
     "diagnosis.json",

@@ -25,6 +25,7 @@ CSV_FIELDS = (
     "final_validation_accuracy",
     "seconds",
     "cpu_seconds",
+    "invocations",
     "images_per_second",
     "firing_rate",
     "sops_per_image",
@@ -45,8 +46,9 @@ def result_rows(runs: list[dict[str, Any]], time_steps: int) -> list[dict[str, A
             "best_validation_test_accuracy": summary["best_accuracy"],
             "best_validation_accuracy": summary.get("best_validation_accuracy", ""),
             "final_validation_accuracy": run.get("final_validation_accuracy", ""),
-            "seconds": summary["seconds"],
-            "cpu_seconds": summary.get("cpu_seconds", ""),
+            "seconds": summary.get("total_seconds", summary["seconds"]),
+            "cpu_seconds": summary.get("total_cpu_seconds", summary.get("cpu_seconds", "")),
+            "invocations": summary.get("invocations", ""),
             "images_per_second": summary["images_per_second"],
             "firing_rate": analysis.get("firing_rate", {}).get("network", ""),
             "sops_per_image": analysis.get("operations", {}).get("student_sops", ""),
@@ -133,9 +135,11 @@ def results_markdown(table, teacher: dict[str, Any], setup: str) -> str:
         "student accuracy. Firing rate: spikes per neuron per time step over the test split "
         "(network average). Energy vs teacher: the student's estimate (first layer MACs x "
         "4.6 pJ + SOPs x 0.9 pJ) over the teacher's (MACs x 4.6 pJ). s / run: training "
-        "wall-clock of one run; CPU s / run: the process's CPU seconds over that training "
-        "(the last invocation's share when a run was resumed). Wall-clock depends on what "
-        "else ran on the machine; CPU seconds much less.",
+        "wall-clock of one run; CPU s / run: the process's CPU seconds over that training; "
+        "both summed over the run's recorded invocations when it was stopped and resumed "
+        "(invocations.jsonl; a run that predates that record, or an invocation killed "
+        "without SIGTERM, counts only the last invocation's share). Wall-clock depends on "
+        "what else ran on the machine; CPU seconds much less.",
         "",
     ]
     return "\n".join(lines)
@@ -309,6 +313,27 @@ def diverged_markdown(diverged: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, ""])
 
 
+def pending_markdown(
+    teacher: dict[str, Any], sweeps: dict[str, dict[str, float | None]], missing: Sequence[str]
+) -> str:
+    """``results.md`` before any table run has finished: the teacher, each sweep's
+    validation accuracy per value so far (``None``: not finished) and the missing runs."""
+    lines = [
+        "# Method comparison (no table run has finished yet)",
+        "",
+        f"Teacher ({teacher['model']}): test accuracy {100 * teacher['final_accuracy']:.2f}%"
+        + (f"; checkpoint SHA-256 `{teacher['sha256']}`." if teacher.get("sha256") else "."),
+        "",
+    ]
+    for kind, values in sweeps.items():
+        done = ", ".join(
+            f"{value}: {'not finished' if acc is None else f'{100 * acc:.2f}%'}"
+            for value, acc in values.items()
+        )
+        lines.append(f"- {kind} sweep, final validation accuracy per value: {done}.")
+    return "\n".join([*lines, "", missing_markdown(missing)])
+
+
 def write_results(
     config,
     workdir: Path,
@@ -336,7 +361,9 @@ def write_results(
     names_run += [run_name(d["row"], d["seed"], f"x{d['factor']}") for d in doubling]
     directories = {(workdir / "runs" / name).resolve() for name in names_run}
     training_seconds = teacher["seconds"] + sum(
-        summary["seconds"] for summary in map(read_summary, directories) if summary
+        summary.get("total_seconds", summary["seconds"])
+        for summary in map(read_summary, directories)
+        if summary
     )
     markdown = results_markdown(table, teacher, describe_setup(config, training_seconds, choices))
     teacher_curve = validation_curve(workdir / "teacher")

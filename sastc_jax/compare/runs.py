@@ -19,6 +19,9 @@ SUMMARY = "summary.json"
 # A run whose loss went non-finite (or whose parameter norm blew up) leaves this record
 # instead of a summary: the comparison reports it and goes on.
 DIVERGED = "diverged.json"
+# One line per invocation of a run's training (wall-clock and CPU seconds, and whether it
+# finished), so that a run resumed after a stop reports the time of all its invocations.
+INVOCATIONS = "invocations.jsonl"
 PHASES = ("sweeps", "table", "doubling")
 
 
@@ -282,17 +285,50 @@ def train_run(cfg, workdir: Path, mesh, name: str) -> dict[str, Any]:
     (run_dir / "config.json").write_text(text)
     logger = metrics.MetricsLogger(run_dir)
     logger.info(f"[compare] {name} in {run_dir}")
-    started = time.process_time()
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    outcome = "stopped"
     try:
         summary = train.train_student(cfg, run_dir, mesh, logger)
-        summary["cpu_seconds"] = time.process_time() - started
+        summary["cpu_seconds"] = time.process_time() - cpu_start
+        outcome = "finished"
     except train.NonFiniteLossError as error:
+        outcome = "diverged"
         record = {"diverged": True, "error": str(error)}
         (run_dir / DIVERGED).write_text(json.dumps(record, indent=2))
         logger.info(f"[compare] {name} diverged, reported and skipped: {error}")
         return record
+    finally:
+        record_invocation(
+            run_dir,
+            time.perf_counter() - wall_start,
+            time.process_time() - cpu_start,
+            outcome,
+        )
+    summary.update(invocation_totals(run_dir))
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def record_invocation(run_dir: Path, wall_seconds: float, cpu_seconds: float, outcome: str):
+    """Append one invocation's wall-clock and CPU seconds and its ``outcome``
+    (finished, diverged or stopped) to ``run_dir``'s :data:`INVOCATIONS`."""
+    entry = {"wall_seconds": wall_seconds, "cpu_seconds": cpu_seconds, "outcome": outcome}
+    with open(run_dir / INVOCATIONS, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def invocation_totals(run_dir: Path) -> dict[str, Any]:
+    """``{'invocations', 'total_seconds', 'total_cpu_seconds'}`` over every invocation in
+    ``run_dir``'s :data:`INVOCATIONS` (set-up and evaluations included); ``{}`` without one."""
+    path = run_dir / INVOCATIONS
+    if not path.exists():
+        return {}
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {
+        "invocations": len(entries),
+        "total_seconds": sum(entry["wall_seconds"] for entry in entries),
+        "total_cpu_seconds": sum(entry["cpu_seconds"] for entry in entries),
+    }
 
 
 def read_diverged(directory: Path) -> dict[str, Any] | None:
