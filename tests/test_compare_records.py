@@ -3,12 +3,14 @@ commit of each finished record, and a comparison continued from a fresh clone of
 repository alone (nothing retrained, the table rebuilt without student checkpoints)."""
 
 import csv
+import io
 import json
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
-from test_compare import finished_stand_in, tiny_config
+from test_compare import finished_stand_in, load_config, tiny_config
 from test_data_static import write_fashion_dir
 
 from sastc_jax import compare, train
@@ -203,3 +205,35 @@ def test_a_resumed_run_counts_every_invocation_and_notrain_shows_the_sweeps_so_f
     assert table["ce"]["invocations"] == "1"
     ce_summary = json.loads((workdir / "runs" / "ce_seed0" / "summary.json").read_text())
     assert float(table["ce"]["seconds"]) == pytest.approx(ce_summary["total_seconds"])
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "docs" / "results" / "fashion_mnist"
+
+
+def test_the_published_comparison_rebuilds_from_its_committed_records(tmp_path):
+    """The comparison of record, as committed: ``--notrain`` on its tracked files alone
+    (no checkpoint but the teacher's, no data) writes the same table, CSV and intervals."""
+    repo = PUBLISHED.parents[2]
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "--", str(PUBLISHED.relative_to(repo))],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp_path, filter="tar")
+    workdir = tmp_path / PUBLISHED.relative_to(repo)
+    assert (workdir / "runs" / "sastc_seed0").is_symlink()
+    assert not list(workdir.glob("runs/*/student"))
+    written = ("results.md", "results.csv", "paired.json", "comparison.png")
+    for name in written:
+        (workdir / name).unlink()
+    config = load_config()
+    config.dataset.data_dir = str(tmp_path / "no_data_here")
+
+    compare.run(config, workdir, train_runs=False)
+    assert all((workdir / name).exists() for name in written)
+    for name in ("results.md", "results.csv", "paired.json", "choices.json"):
+        committed = git(repo, "show", f"HEAD:{(PUBLISHED / name).relative_to(repo)}")
+        assert (workdir / name).read_text() == committed, name
+    assert "have not finished yet" not in (workdir / "results.md").read_text()
