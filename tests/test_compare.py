@@ -443,3 +443,18 @@ def test_the_small_beta_config_continues_the_comparisons_sweep_and_changes_nothi
         ours = compare.student_config(small, tmp_path, rows["sastc"], 0, {"beta": beta})
         theirs = compare.student_config(comparison, tmp_path, rows["sastc"], 0, chosen)
         assert ours.to_json_best_effort() == theirs.to_json_best_effort()
+
+
+def test_a_doubling_run_is_dashed_in_its_rows_colour_and_every_row_has_its_own():
+    from matplotlib.colors import to_hex
+
+    from sastc_jax.compare.report import validation_curves_figure
+
+    rows = [f"row{index}" for index in range(11)]  # more rows than one 10-colour cycle
+    curves = {name: [(1, 0.5), (2, 0.6)] for name in [*rows, "row7_x2_seed0"]}
+    figure = validation_curves_figure(curves, {"row7_x2_seed0": "row7"})
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert len({to_hex(lines[name].get_color()) for name in rows}) == len(rows)
+    assert to_hex(lines["row7_x2_seed0"].get_color()) == to_hex(lines["row7"].get_color())
+    assert lines["row7_x2_seed0"].get_linestyle() == "--"
+    assert lines["row7"].get_linestyle() == "-"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,23 +238,48 @@ def plot_comparison(rows, names, teacher_accuracy: float, output: Path) -> Path:
     return output
 
 
-def plot_validation_curves(curves: dict[str, list[tuple[int, float]]], output: Path) -> Path:
-    """Validation accuracy per epoch, one line per run name (``..._x2`` runs dashed)."""
+def validation_curves_figure(
+    curves: dict[str, list[tuple[int, float]]], row_of: Mapping[str, str] | None = None
+):
+    """Validation accuracy per epoch, one line per run name. A name in ``row_of`` (a
+    doubling run) is dashed in the colour of its row; every row has its own colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    row_of = dict(row_of or {})
+    rows = [name for name in curves if name not in row_of]
+    palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    colour = {name: palette(index) for index, name in enumerate(rows)}
     figure, axis = plt.subplots(figsize=(7, 4))
     for name, curve in curves.items():
         if not curve:
             continue
         epochs, accuracy = zip(*curve, strict=True)
-        style = "--" if "_x" in name else "-"
-        axis.plot(epochs, [100 * a for a in accuracy], style, marker=".", label=name)
+        axis.plot(
+            epochs,
+            [100 * a for a in accuracy],
+            "--" if name in row_of else "-",
+            color=colour.get(row_of.get(name, name)),
+            marker=".",
+            label=name,
+        )
     axis.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation curves")
     axis.legend(fontsize="x-small", ncol=2)
     figure.tight_layout()
+    return figure
+
+
+def plot_validation_curves(
+    curves: dict[str, list[tuple[int, float]]],
+    output: Path,
+    row_of: Mapping[str, str] | None = None,
+) -> Path:
+    """Writes :func:`validation_curves_figure` to ``output``."""
+    import matplotlib.pyplot as plt
+
+    figure = validation_curves_figure(curves, row_of)
     figure.savefig(output, dpi=100)
     plt.close(figure)
     return output
@@ -391,11 +416,13 @@ def write_results(
         row.name: validation_curve(workdir / "runs" / run_name(row.name, row.seeds[0]))
         for row in rows_config
     }
+    row_of = {}
     for entry in doubling:
         name = run_name(entry["row"], entry["seed"], f"x{entry['factor']}")
         curves[name] = validation_curve(workdir / "runs" / name)
+        row_of[name] = entry["row"]
     if any(curves.values()):
-        plot_validation_curves(curves, workdir / "validation_curves.png")
+        plot_validation_curves(curves, workdir / "validation_curves.png", row_of)
     for row in rows_config:
         heat_map = workdir / "runs" / run_name(row.name, row.seeds[0]) / "attention.png"
         if row.calibrated and heat_map.exists():
